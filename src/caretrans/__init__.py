@@ -1,0 +1,8 @@
+"""caretrans: the CARE Transformer (CVPR 2025) for timm.
+
+Importing the package registers `care_s0`, `care_s1` and `care_s2` with timm.
+"""
+from .models import CareTransformer, CheckpointError, checkpoint_filter_fn, load_checkpoint, save_atomic
+
+__version__ = '0.1.0'
+__all__ = ['CareTransformer', 'CheckpointError', 'checkpoint_filter_fn', 'load_checkpoint', 'save_atomic']

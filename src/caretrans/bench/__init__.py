@@ -1,0 +1,1 @@
+"""Measurement: parameter / MAC counts and latency benchmarks."""

@@ -1,0 +1,30 @@
+"""The `caretrans` command.
+
+Every module of this package that defines `add_parser(subparsers)` is a sub-command: it
+registers its parser and sets `func`, the function that runs it. Modules import their
+heavy dependencies inside `func`, so that `caretrans --help` stays fast.
+"""
+import argparse
+import importlib
+import pkgutil
+import sys
+from typing import List, Optional
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='caretrans', description='CARE Transformer tools')
+    subparsers = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f'{__name__}.{info.name}')
+        if hasattr(module, 'add_parser'):
+            module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError) as e:
+        print(f'caretrans {args.command}: error: {e}', file=sys.stderr)
+        return 2

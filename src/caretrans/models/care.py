@@ -1,0 +1,583 @@
+"""CARE Transformer: deCoupled duAl-interactive lineaR attEntion.
+
+CARE-S0/S1/S2 from "CARE Transformer: Mobile-Friendly Linear Visual Transformer via
+Decoupled Dual Interaction" (CVPR 2025), built to compute exactly what the released
+checkpoints compute (docs/architecture.md).
+
+The tensor that flows between blocks carries C = d + g channels: the first g are the
+dynamic memory, the other d = 3g are the features. Each block splits the features
+asymmetrically into a global part (g channels: long-range convs in stages 1-2, linear
+attention in stages 3-4) and a local part (2g channels: 3x3 and 7x7 depthwise convs),
+then mixes local with global (Inter1) and features with memory (Inter2).
+"""
+import re
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
+from timm.models._manipulate import adapt_input_conv
+from timm.models import build_model_with_cfg, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+from timm.models._registry import generate_default_cfgs
+
+from .checkpoint import CheckpointError, match_state_dict
+
+__all__ = ['CareTransformer', 'checkpoint_filter_fn', 'MIN_INPUT_SIZE']
+
+# The network downsamples 32x; below that the last stage would have no pixels.
+MIN_INPUT_SIZE = 32
+
+
+def _is_exporting() -> bool:
+    """True while torch.jit / torch.export / torch.compile trace the model."""
+    return (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    )
+
+
+def _dw_conv(dim: int, kernel_size: Union[int, Tuple[int, int]]) -> nn.Conv2d:
+    """Depthwise conv with 'same' padding."""
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    return nn.Conv2d(dim, dim, (kh, kw), padding=(kh // 2, kw // 2), groups=dim)
+
+
+class Stem(nn.Module):
+    """Patchify stem: 4x4 stride-4 conv followed by BatchNorm."""
+
+    def __init__(self, in_chans: int, out_chans: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, out_chans, kernel_size=4, stride=4)
+        self.norm = nn.BatchNorm2d(out_chans)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class Downsample(nn.Module):
+    """BatchNorm then 2x2 stride-2 conv, acting on memory and features together (Eq. 11)."""
+
+    def __init__(self, in_chans: int, out_chans: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_chans)
+        self.conv = nn.Conv2d(in_chans, out_chans, kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.norm(x))
+
+
+class LongRangeConv(nn.Module):
+    """Long-range mixing of stages 1-2: depthwise 11x1 plus depthwise 1x11, summed."""
+
+    def __init__(self, dim: int, kernel_size: int = 11):
+        super().__init__()
+        self.conv_v = _dw_conv(dim, (kernel_size, 1))
+        self.conv_h = _dw_conv(dim, (1, kernel_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_v(x) + self.conv_h(x)
+
+
+class LinearAttention(nn.Module):
+    """Multi-head linear attention with a positive kernel; v is the input itself."""
+
+    def __init__(self, dim: int, head_dim: int, kernel: str = 'elu'):
+        super().__init__()
+        if dim % head_dim:
+            raise ValueError(f'attention width {dim} is not a multiple of head_dim {head_dim}')
+        if kernel not in ('elu', 'identity'):
+            raise ValueError(f"attention_kernel must be 'elu' or 'identity', got {kernel!r}")
+        self.num_heads = dim // head_dim
+        self.head_dim = head_dim
+        self.kernel = kernel
+        self.qk = nn.Conv2d(dim, 2 * dim, kernel_size=1)
+
+    def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return F.elu(x) + 1.0 if self.kernel == 'elu' else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        N = H * W
+        q, k = self.qk(x).chunk(2, dim=1)
+        # (B, C, H, W) -> (B, heads, N, head_dim); channel c belongs to head c // head_dim.
+        q = self._feature_map(q).reshape(B, self.num_heads, self.head_dim, N).transpose(-1, -2)
+        k = self._feature_map(k).reshape(B, self.num_heads, self.head_dim, N).transpose(-1, -2)
+        v = x.reshape(B, self.num_heads, self.head_dim, N).transpose(-1, -2)
+        z = 1.0 / (q @ k.mean(dim=2, keepdim=True).transpose(-1, -2) + 1e-6)  # (B, h, N, 1)
+        kv = (k.transpose(-1, -2) @ v) / N  # (B, h, hd, hd)
+        out = (q @ kv) * z
+        return out.transpose(-1, -2).reshape(B, C, H, W)
+
+
+class TokenMixer(nn.Module):
+    """Asymmetric decoupling: global mixer on g channels, 3x3 and 7x7 local bias on g each."""
+
+    def __init__(self, dim: int, use_attention: bool, head_dim: int, attention_kernel: str):
+        super().__init__()
+        self.split = dim
+        if use_attention:
+            self.global_mixer = LinearAttention(dim, head_dim, kernel=attention_kernel)
+        else:
+            self.global_mixer = LongRangeConv(dim)
+        self.local3 = _dw_conv(dim, 3)
+        self.local7 = _dw_conv(dim, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, l3, l7 = x.split(self.split, dim=1)
+        return torch.cat([self.global_mixer(a), self.local3(l3), self.local7(l7)], dim=1)
+
+
+class Interaction(nn.Module):
+    """Interaction unit: BN -> 1x1 expand -> GELU -> 3x3 depthwise -> dropout [-> 1x1 project].
+
+    Without `fc2` (the network's very last block) the expanded features are returned.
+    """
+
+    def __init__(self, dim: int, expansion: int, drop: float = 0.0, project: bool = True):
+        super().__init__()
+        hidden = dim * expansion
+        self.norm = nn.BatchNorm2d(dim)
+        self.fc1 = nn.Conv2d(dim, hidden, kernel_size=1)
+        self.act = nn.GELU()
+        self.dwconv = _dw_conv(hidden, 3)
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Conv2d(hidden, dim, kernel_size=1) if project else nn.Identity()
+        self.out_chans = dim if project else hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.dwconv(self.act(self.fc1(self.norm(x)))))
+        return self.fc2(x)
+
+
+class CareBlock(nn.Module):
+    """CARE block: token mixing, Inter1 (local <-> global), Inter2 (features <-> memory)."""
+
+    def __init__(
+            self,
+            dim: int,
+            mem_dim: int,
+            expansion: Tuple[int, int],
+            use_attention: bool,
+            head_dim: int,
+            attention_kernel: str = 'elu',
+            drop: float = 0.0,
+            drop_path: float = 0.0,
+            layer_scale_init_value: float = 1e-6,
+            last: bool = False,
+    ):
+        super().__init__()
+        self.mem_dim = mem_dim
+        self.last = last
+        self.token_mixer = TokenMixer(mem_dim, use_attention, head_dim, attention_kernel)
+        self.inter1 = Interaction(dim, expansion[0], drop)
+        self.inter2 = Interaction(dim + mem_dim, expansion[1], drop, project=not last)
+        self.out_chans = self.inter2.out_chans
+        if last:
+            self.layer_scale = None
+            self.drop_path = nn.Identity()
+        else:
+            self.layer_scale = nn.Parameter(torch.full((dim + mem_dim,), layer_scale_init_value))
+            self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        memory, features = x.split([self.mem_dim, x.shape[1] - self.mem_dim], dim=1)
+        features = self.token_mixer(features)
+        features = features + self.inter1(features)
+        u = torch.cat([memory, features], dim=1)
+        if self.layer_scale is None:
+            return self.inter2(u)
+        out = u + self.inter2(u)
+        return x + self.drop_path(self.layer_scale.view(1, -1, 1, 1) * out)
+
+
+class CareStage(nn.Module):
+    """A downsampling step (all stages but the first) and a sequence of CARE blocks."""
+
+    def __init__(
+            self,
+            in_chans: int,
+            dim: int,
+            mem_dim: int,
+            depth: int,
+            expansion: Tuple[int, int],
+            use_attention: bool,
+            head_dim: int,
+            downsample: bool,
+            drop_path_rates: Sequence[float],
+            last_stage: bool = False,
+            **block_kwargs,
+    ):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = Downsample(in_chans, dim + mem_dim) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            CareBlock(
+                dim, mem_dim, expansion, use_attention, head_dim,
+                drop_path=drop_path_rates[i],
+                last=last_stage and i == depth - 1,
+                **block_kwargs,
+            )
+            for i in range(depth)
+        ])
+        self.out_chans = self.blocks[-1].out_chans
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class CareHead(nn.Module):
+    """Classifier head: global average pool -> GELU -> LayerNorm -> dropout -> Linear.
+
+    With global_pool='' it classifies every position and keeps the (B, C, H, W) layout.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, global_pool: str = 'avg', drop_rate: float = 0.0):
+        super().__init__()
+        self.in_features = in_features
+        self.global_pool = global_pool
+        self.act = nn.GELU()
+        self.norm = nn.LayerNorm(in_features, eps=1e-6)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def reset(self, num_classes: int, global_pool: Optional[str] = None):
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.fc = nn.Linear(self.in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x.mean(dim=(2, 3))
+        else:
+            x = x.permute(0, 2, 3, 1)  # per-position: channels last for LayerNorm / Linear
+        x = self.drop(self.norm(self.act(x)))
+        if not pre_logits:
+            x = self.fc(x)
+        return x if self.global_pool == 'avg' else x.permute(0, 3, 1, 2)
+
+
+class CareTransformer(nn.Module):
+    """CARE Transformer: a 4-stage backbone of CARE blocks with DeiT-style twin heads."""
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            depths: Sequence[int] = (2, 4, 8, 4),
+            dims: Sequence[int] = (24, 48, 96, 192),
+            expansions: Sequence[Tuple[int, int]] = ((2, 2), (2, 4), (4, 4), (4, 4)),
+            attention_stages: Sequence[bool] = (False, False, True, True),
+            head_dims: Sequence[int] = (16, 16, 16, 32),
+            attention_kernel: str = 'elu',
+            layer_scale_init_value: float = 1e-6,
+            drop_rate: float = 0.0,
+            proj_drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            distillation: bool = True,
+    ):
+        super().__init__()
+        if global_pool not in ('avg', ''):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        for d in dims:
+            if d % 3:
+                raise ValueError(f'feature dims must be multiples of 3 (d = 3g), got {tuple(dims)}')
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        self.distillation = distillation
+        self.distilled_training = distillation
+        self.grad_checkpointing = False
+
+        mem_dims = [d // 3 for d in dims]
+        chans = [d + g for d, g in zip(dims, mem_dims)]
+        self.stem = Stem(in_chans, chans[0])
+
+        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+        stages, prev, stride = [], chans[0], 4
+        self.feature_info = []
+        for i, depth in enumerate(depths):
+            if i > 0:
+                stride *= 2
+            stage = CareStage(
+                prev, dims[i], mem_dims[i], depth, tuple(expansions[i]), attention_stages[i], head_dims[i],
+                downsample=i > 0,
+                drop_path_rates=dpr[i],
+                last_stage=i == len(depths) - 1,
+                attention_kernel=attention_kernel,
+                drop=proj_drop_rate,
+                layer_scale_init_value=layer_scale_init_value,
+            )
+            stages.append(stage)
+            prev = stage.out_chans
+            self.feature_info.append(dict(num_chs=prev, reduction=stride, module=f'stages.{i}'))
+        self.stages = nn.Sequential(*stages)
+
+        self.num_features = self.head_hidden_size = prev
+        self.head = CareHead(prev, num_classes, global_pool, drop_rate)
+        self.head_dist = CareHead(prev, num_classes, global_pool, drop_rate) if distillation else None
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {n for n, _ in self.named_parameters() if n.endswith('layer_scale')}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_distilled_training(self, enable: bool = True):
+        """In training, return (head, head_dist) logits separately (DeiT distillation)."""
+        self.distilled_training = enable and self.head_dist is not None
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        if global_pool is not None and global_pool not in ('avg', ''):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        for head in (self.head, self.head_dist):
+            if head is not None:
+                head.reset(num_classes, global_pool)
+
+    def check_input(self, x: torch.Tensor):
+        """Raise a ValueError naming what is wrong with an input batch."""
+        if x.ndim != 4:
+            raise ValueError(
+                f'expected a 4-D batch (B, {self.in_chans}, H, W), got a {x.ndim}-D tensor of shape {tuple(x.shape)}')
+        B, C, H, W = x.shape
+        if C != self.in_chans:
+            raise ValueError(
+                f'expected {self.in_chans} input channel(s), got {C} (input shape {tuple(x.shape)}); '
+                f'build the model with in_chans={C} to accept it')
+        if H < MIN_INPUT_SIZE or W < MIN_INPUT_SIZE:
+            raise ValueError(
+                f'input of {H}x{W} is too small: CARE downsamples 32x, so each side needs at least '
+                f'{MIN_INPUT_SIZE} pixels')
+        last_pixels = (H // 32) * (W // 32)
+        if self.training and B * last_pixels == 1:
+            raise ValueError(
+                f'batch size 1 at {H}x{W} leaves a single value per channel at stride 32, which BatchNorm '
+                'cannot normalise in training mode; use a batch of 2 or more, a larger input, or eval mode')
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not _is_exporting():
+            self.check_input(x)
+        x = self.stem(x)
+        return self.stages(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        if pre_logits or self.head_dist is None or self.num_classes == 0:
+            return self.head(x, pre_logits=pre_logits)
+        x, x_dist = self.head(x), self.head_dist(x)
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
+            return x, x_dist
+        return (x + x_dist) / 2
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward returning the outputs of the selected stages (timm's intermediates API)."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt {output_fmt!r} is not supported, only 'NCHW'")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        if not _is_exporting():
+            self.check_input(x)
+        intermediates = []
+        x = self.stem(x)
+        stages = self.stages if not stop_early else self.stages[:max_index + 1]
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and head) that the selected intermediates do not need."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+# Released module names -> ours. The release names the heads `dist_head`, the layer scale
+# `gamma` and the interaction units `inter_layer.inter{1,2}_*`.
+_RELEASED_RENAMES = (
+    (r'^stem\.0\.', 'stem.conv.'),
+    (r'^stem\.1\.', 'stem.norm.'),
+    (r'\.downsample\.0\.', '.downsample.norm.'),
+    (r'\.downsample\.1\.', '.downsample.conv.'),
+    (r'\.gamma$', '.layer_scale'),
+    (r'\.token_mixer\.dwconvatt_1\.', '.token_mixer.global_mixer.conv_v.'),
+    (r'\.token_mixer\.dwconvatt_2\.', '.token_mixer.global_mixer.conv_h.'),
+    (r'\.token_mixer\.qk\.', '.token_mixer.global_mixer.qk.'),
+    (r'\.token_mixer\.dwconv1\.', '.token_mixer.local3.'),
+    (r'\.token_mixer\.dwconv2\.', '.token_mixer.local7.'),
+    (r'\.inter_layer\.inter(\d)_norm\.', r'.inter\1.norm.'),
+    (r'\.inter_layer\.inter(\d)_fc1\.', r'.inter\1.fc1.'),
+    (r'\.inter_layer\.inter(\d)_conv\.', r'.inter\1.dwconv.'),
+    (r'\.inter_layer\.inter(\d)_fc2\.', r'.inter\1.fc2.'),
+    (r'^dist_head\.', 'head_dist.'),
+)
+
+_WRAPPER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
+
+
+def unwrap_state_dict(checkpoint) -> dict:
+    """Find the state dict inside a training checkpoint and strip DDP / compile prefixes."""
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'expected a state dict, got a {type(checkpoint).__name__}')
+    for key in _WRAPPER_KEYS:
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    out = {}
+    for k, v in checkpoint.items():
+        for prefix in ('module.', '_orig_mod.'):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def checkpoint_filter_fn(state_dict: dict, model: CareTransformer, source: str = 'checkpoint') -> dict:
+    """Convert a released CARE checkpoint (or one of ours, possibly wrapped) to this model's names.
+
+    The result is checked against the model: a checkpoint of another variant fails with a
+    CheckpointError naming the keys; classifier weights of another class count are dropped.
+    """
+    try:
+        state_dict = unwrap_state_dict(state_dict)
+    except ValueError as e:
+        raise CheckpointError(f'{source}: {e}') from e
+    out = {}
+    for k, v in state_dict.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f'{source}: entry {k!r} is a {type(v).__name__}, not a tensor')
+        if k.endswith('num_batches_tracked'):
+            continue
+        for pattern, repl in _RELEASED_RENAMES:
+            k = re.sub(pattern, repl, k)
+        if k.startswith('head_dist.') and model.head_dist is None:
+            continue  # distillation=False keeps one head
+        out[k] = v
+    stem = out.get('stem.conv.weight')
+    if stem is not None and stem.ndim == 4 and stem.shape[1] != model.in_chans:
+        out['stem.conv.weight'] = adapt_input_conv(model.in_chans, stem)
+    head_keys = [f'{h}.fc.{p}' for h in ('head', 'head_dist') for p in ('weight', 'bias')]
+    return match_state_dict(out, model, head_keys=head_keys, source=source)
+
+
+def _create_care(variant: str, pretrained: bool = False, **kwargs) -> CareTransformer:
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    return build_model_with_cfg(
+        CareTransformer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        **kwargs,
+    )
+
+
+def _cfg(**kwargs):
+    return {
+        'url': '',
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': (7, 7),
+        'crop_pct': 0.875,
+        'interpolation': 'bicubic',
+        'mean': (0.485, 0.456, 0.406),
+        'std': (0.229, 0.224, 0.225),
+        'first_conv': 'stem.conv',
+        'classifier': ('head.fc', 'head_dist.fc'),
+        'license': 'apache-2.0',
+        'paper_ids': 'CVPR 2025',
+        'paper_name': 'CARE Transformer: Mobile-Friendly Linear Visual Transformer via Decoupled Dual Interaction',
+        **kwargs,
+    }
+
+
+# The released weights are not on any hub we may fetch from: load them with
+# pretrained_cfg_overlay=dict(file='CARETrans_S0.pth.tar').
+default_cfgs = generate_default_cfgs({
+    'care_s0.in1k': _cfg(),
+    'care_s1.in1k': _cfg(),
+    'care_s2.in1k': _cfg(),
+})
+
+# Architecture of each variant (docs/architecture.md, "Variants").
+MODEL_ARGS = {
+    'care_s0': dict(depths=(2, 4, 8, 4), dims=(24, 48, 96, 192), expansions=((2, 2), (2, 4), (4, 4), (4, 4))),
+    'care_s1': dict(depths=(3, 6, 10, 6), dims=(24, 48, 96, 192), expansions=((2, 4), (2, 4), (4, 4), (4, 4))),
+    'care_s2': dict(depths=(3, 6, 10, 6), dims=(24, 48, 144, 288), expansions=((4, 4), (4, 4), (4, 4), (4, 4))),
+}
+
+
+@register_model
+def care_s0(pretrained: bool = False, **kwargs) -> CareTransformer:
+    """CARE-S0: 7.34 M params, 0.72 GMACs at 224x224."""
+    return _create_care('care_s0', pretrained, **dict(MODEL_ARGS['care_s0'], **kwargs))
+
+
+@register_model
+def care_s1(pretrained: bool = False, **kwargs) -> CareTransformer:
+    """CARE-S1: 9.60 M params, 1.03 GMACs at 224x224."""
+    return _create_care('care_s1', pretrained, **dict(MODEL_ARGS['care_s1'], **kwargs))
+
+
+@register_model
+def care_s2(pretrained: bool = False, **kwargs) -> CareTransformer:
+    """CARE-S2: 19.48 M params, 1.93 GMACs at 224x224."""
+    return _create_care('care_s2', pretrained, **dict(MODEL_ARGS['care_s2'], **kwargs))
