@@ -1,0 +1,187 @@
+"""Map-style datasets whose items are (PIL image or transformed image, int label)."""
+import gzip
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+_logger = logging.getLogger(__name__)
+
+# Debian's dataset-fashion-mnist package; CARETRANS_FASHION_MNIST points elsewhere.
+FASHION_MNIST_DIR = Path(os.environ.get('CARETRANS_FASHION_MNIST', '/usr/share/datasets/fashion-mnist'))
+FASHION_MNIST_CLASSES = (
+    'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
+_FASHION_MNIST_FILES = {'train': 'train', 'val': 't10k'}
+SPLITS = ('train', 'val')
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == '.gz' else open
+    with opener(path, 'rb') as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f'{path} is not an IDX file of unsigned bytes')
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f'{path} is truncated: {array.size} bytes for shape {shape}')
+    return array.reshape(shape)
+
+
+class FashionMNIST(Dataset):
+    """Fashion-MNIST (28x28 grayscale, 10 classes); 'val' is the 10,000 test images."""
+
+    classes = FASHION_MNIST_CLASSES
+    in_chans = 1
+    # Statistics of the training images, for normalisation.
+    mean, std = (0.2860,), (0.3530,)
+
+    def __init__(self, split: str = 'train', transform: Optional[Callable] = None, root: Optional[Path] = None):
+        root = Path(root) if root is not None else FASHION_MNIST_DIR
+        prefix = _FASHION_MNIST_FILES[split]
+        images, labels = root / f'{prefix}-images-idx3-ubyte.gz', root / f'{prefix}-labels-idx1-ubyte.gz'
+        if images.is_file() and labels.is_file():
+            self.images, self.targets = _read_idx(images), _read_idx(labels).astype(np.int64)
+        else:
+            self.images, self.targets = _download_fashion_mnist(split)
+        if len(self.images) != len(self.targets):
+            raise ValueError(f'Fashion-MNIST {split}: {len(self.images)} images but {len(self.targets)} labels')
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.targets[index])
+
+
+def _download_fashion_mnist(split: str):
+    """torchvision's copy, for machines without Debian's dataset-fashion-mnist package."""
+    from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
+
+    root = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'caretrans'
+    _logger.warning('%s not found: downloading Fashion-MNIST with torchvision into %s', FASHION_MNIST_DIR, root)
+    ds = TorchvisionFashionMNIST(str(root), train=split == 'train', download=True)
+    return ds.data.numpy(), ds.targets.numpy().astype(np.int64)
+
+
+class ImageFolderSafe(Dataset):
+    """An ImageNet-style split folder (one sub-folder per class) that skips unreadable images.
+
+    A file that fails to decode is logged with its path and counted in `num_bad_images`
+    (across DataLoader workers too); the next readable image takes its place, so a corrupt
+    file cannot stop a run hours in.
+    """
+
+    in_chans = 3
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    def __init__(self, root: Path, transform: Optional[Callable] = None):
+        from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+        self.root = Path(root)
+        self.classes, class_to_idx = find_classes(str(self.root))
+        self.samples = make_dataset(str(self.root), class_to_idx, extensions=IMG_EXTENSIONS)
+        if not self.samples:
+            raise ValueError(f'{self.root} holds no images in its class folders')
+        self.transform = transform
+        # A flag per file in shared memory: DataLoader workers mark, the trainer counts, each file once.
+        self._bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+
+    @property
+    def num_bad_images(self) -> int:
+        return int(self._bad.sum())
+
+    @property
+    def bad_images(self) -> List[str]:
+        return [self.samples[i][0] for i in self._bad.nonzero().flatten().tolist()]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, path: str) -> Image.Image:
+        with open(path, 'rb') as f:
+            image = Image.open(f)
+            return image.convert('RGB')  # decodes now, so a corrupt file fails here
+
+    def __getitem__(self, index: int):
+        for attempt in range(len(self.samples)):
+            i = (index + attempt) % len(self.samples)
+            if self._bad[i]:
+                continue
+            path, label = self.samples[i]
+            try:
+                image = self._load(path)
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                self._bad[i] = True
+                _logger.warning('skipping unreadable image %s: %s', path, e)
+                continue
+            if self.transform is not None:
+                image = self.transform(image)
+            return image, label
+        raise RuntimeError(f'no readable image in {self.root}')
+
+
+class SyntheticImages(Dataset):
+    """Deterministic, learnable random images: a fixed colour pattern per class plus noise."""
+
+    in_chans = 3
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+    def __init__(self, split: str = 'train', transform: Optional[Callable] = None, num_classes: int = 10,
+                 image_size: int = 32, length: Optional[int] = None, seed: int = 0):
+        self.classes = tuple(f'class_{i}' for i in range(num_classes))
+        self.length = length if length is not None else (256 if split == 'train' else 64)
+        self.image_size = image_size
+        self.transform = transform
+        self.seed = seed + (0 if split == 'train' else 1_000_003)
+        generator = torch.Generator().manual_seed(seed)
+        # Low-frequency class patterns, upsampled from 4x4.
+        coarse = torch.rand(num_classes, 3, 4, 4, generator=generator)
+        self.patterns = torch.nn.functional.interpolate(coarse, size=image_size, mode='bilinear', align_corners=False)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        generator = torch.Generator().manual_seed(self.seed + index)
+        label = int(torch.randint(len(self.classes), (1,), generator=generator))
+        noise = 0.15 * torch.randn(3, self.image_size, self.image_size, generator=generator)
+        pixels = ((self.patterns[label] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
+        image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+
+def create_dataset(data: str, split: str, transform: Optional[Callable] = None, **kwargs) -> Dataset:
+    """A dataset by name: 'fashion-mnist', 'synthetic' (kwargs: num_classes, image_size, length, seed)
+    or the path of a folder with train/ and val/ sub-folders of class folders."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if data == 'fashion-mnist':
+        return FashionMNIST(split, transform, **kwargs)
+    if data == 'synthetic':
+        return SyntheticImages(split, transform, **kwargs)
+    root = Path(data)
+    if not root.is_dir():
+        raise ValueError(f"--data {data!r} is neither 'fashion-mnist', 'synthetic' nor an existing folder")
+    if not (root / split).is_dir():
+        raise ValueError(f'{root} has no {split}/ sub-folder (expected {root}/train and {root}/val, '
+                         'each with one folder per class)')
+    return ImageFolderSafe(root / split, transform)
+
+
+def dataset_info(dataset: Dataset) -> Dict[str, object]:
+    """What a model and its transforms need to know about a dataset."""
+    return dict(num_classes=len(dataset.classes), in_chans=dataset.in_chans, mean=dataset.mean, std=dataset.std)

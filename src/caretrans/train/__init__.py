@@ -1,0 +1,1 @@
+"""Training: recipe, loop, distributed set-up, checkpoints and metrics."""

@@ -1,0 +1,66 @@
+"""Process-group set-up for `torchrun`: NCCL on CUDA, gloo on CPU; a plain single process otherwise."""
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistributedContext:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_primary(self) -> bool:
+        """Rank 0: the only process that prints, logs and writes files."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: Optional[str] = None) -> DistributedContext:
+    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
+
+    `device` defaults to CUDA when available (one GPU per local rank), else CPU.
+    """
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    rank = int(os.environ.get('RANK', '0'))
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    if device is None:
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    device = torch.device(device)
+    if device.type == 'cuda':
+        if device.index is None:
+            device = torch.device('cuda', local_rank)
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
+    return DistributedContext(rank, world_size, local_rank, device)
+
+
+def all_reduce_mean(value, ctx: DistributedContext) -> float:
+    """The mean of a number (or one-element tensor) over all ranks."""
+    if not ctx.is_distributed:
+        return float(value)
+    tensor = torch.as_tensor(value, dtype=torch.float64, device=ctx.device).detach().clone().reshape(1)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return float(tensor) / ctx.world_size
+
+
+def cleanup_distributed():
+    """Leave the process group, if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(value, ctx: DistributedContext) -> float:
+    """The sum of a number (or one-element tensor) over all ranks."""
+    return all_reduce_mean(value, ctx) * ctx.world_size

@@ -1,0 +1,82 @@
+"""Datasets: Fashion-MNIST from Debian's files, ImageFolder with corrupt images, synthetic data."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from caretrans.data import FASHION_MNIST_CLASSES, create_dataset, dataset_info
+from caretrans.data.datasets import FASHION_MNIST_DIR
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason='dataset-fashion-mnist is not installed')
+def test_fashion_mnist_splits():
+    train, val = create_dataset('fashion-mnist', 'train'), create_dataset('fashion-mnist', 'val')
+    assert (len(train), len(val)) == (60_000, 10_000)
+    image, label = val[0]
+    assert image.mode == 'L' and image.size == (28, 28) and label == 9  # the first test image is an ankle boot
+    assert np.bincount(val.targets).tolist() == [1000] * 10
+    info = dataset_info(train)
+    assert info['num_classes'] == 10 and info['in_chans'] == 1 and len(FASHION_MNIST_CLASSES) == 10
+    # The normalisation statistics are those of the training images.
+    sample = train.images[::60].astype(np.float64) / 255
+    assert sample.mean() == pytest.approx(info['mean'][0], abs=0.01)
+    assert sample.std() == pytest.approx(info['std'][0], abs=0.01)
+
+
+def test_synthetic_is_deterministic_and_transformed():
+    a = create_dataset('synthetic', 'train', num_classes=4, image_size=32, length=8)
+    b = create_dataset('synthetic', 'train', num_classes=4, image_size=32, length=8)
+    val = create_dataset('synthetic', 'val', num_classes=4, image_size=32)
+    assert len(a) == 8 and len(val) == 64
+    assert np.array_equal(np.asarray(a[5][0]), np.asarray(b[5][0])) and a[5][1] == b[5][1]
+    assert not np.array_equal(np.asarray(a[0][0]), np.asarray(val[0][0]))
+    t = create_dataset('synthetic', 'train', transform=lambda im: torch.tensor(np.asarray(im)), length=2)
+    assert t[0][0].shape == (32, 32, 3)
+
+
+def _write_folder(root, corrupt):
+    for split in ('train', 'val'):
+        for cls in ('cat', 'dog'):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.new('RGB', (40, 40), (i * 40, 0, 0)).save(d / f'{i}.png')
+    for name in corrupt:
+        (root / 'train' / 'dog' / name).write_bytes(b'\x89PNG\r\n\x1a\n' + b'garbage' * 10)
+
+
+def test_image_folder_skips_and_counts_corrupt_images(tmp_path, caplog):
+    _write_folder(tmp_path, corrupt=['bad1.png', 'bad2.png'])
+    ds = create_dataset(str(tmp_path), 'train')
+    assert ds.classes == ['cat', 'dog'] and len(ds) == 8
+    with caplog.at_level(logging.WARNING):
+        items = [ds[i] for i in range(len(ds))]
+    assert all(im.size == (40, 40) and im.mode == 'RGB' for im, _ in items)
+    assert ds.num_bad_images == 2
+    assert sum('bad1.png' in r.getMessage() for r in caplog.records) == 1
+    assert sorted(p.rsplit('/', 1)[-1] for p in ds.bad_images) == ['bad1.png', 'bad2.png']
+
+
+def test_image_folder_counts_bad_images_across_workers(tmp_path):
+    _write_folder(tmp_path, corrupt=['bad1.png'])
+    ds = create_dataset(str(tmp_path), 'train', transform=lambda im: torch.zeros(1))
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
+    assert sum(len(y) for _, y in loader) == len(ds)
+    assert ds.num_bad_images == 1
+
+
+@pytest.mark.parametrize('data,split,match', [
+    ('no/such/folder', 'train', 'neither'),
+    ('synthetic', 'test', 'split must be'),
+])
+def test_bad_arguments(data, split, match):
+    with pytest.raises(ValueError, match=match):
+        create_dataset(data, split)
+
+
+def test_folder_without_split(tmp_path):
+    (tmp_path / 'train' / 'a').mkdir(parents=True)
+    with pytest.raises(ValueError, match='no val/ sub-folder'):
+        create_dataset(str(tmp_path), 'val')

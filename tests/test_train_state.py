@@ -1,0 +1,88 @@
+"""Training building blocks: RNG capture, atomic state files, signals, metrics log, distributed context."""
+import csv
+import json
+import os
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from caretrans.models.checkpoint import CheckpointError
+from caretrans.train.checkpointing import (
+    GracefulStop, capture_rng_state, load_training_state, restore_rng_state, save_training_state,
+)
+from caretrans.train.distributed import all_reduce_mean, cleanup_distributed, setup_distributed
+from caretrans.train.metrics import MetricsLogger
+
+
+def _draw():
+    return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+
+def test_rng_state_roundtrips_through_a_weights_only_file(tmp_path):
+    random.gauss(0, 1)  # leaves a cached Gaussian in Python's state
+    state = capture_rng_state()
+    expected = _draw()
+    save_training_state(tmp_path / 'state.pth', dict(rng=state))
+    _draw()
+    restore_rng_state(torch.load(tmp_path / 'state.pth', weights_only=True)['rng'])
+    assert _draw() == expected
+
+
+def test_training_state_is_atomic_and_bad_files_are_clear(tmp_path):
+    path = tmp_path / 'last.pth'
+    save_training_state(path, dict(epoch=3, weights=torch.ones(2)))
+    assert load_training_state(path)['epoch'] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ['last.pth']  # no temp file left behind
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match='truncated or corrupt'):
+        load_training_state(path)
+    save_training_state(path, [1, 2])
+    with pytest.raises(CheckpointError, match='not a training state'):
+        load_training_state(path)
+
+
+def test_graceful_stop_catches_a_real_signal_and_restores_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    with GracefulStop() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signal == 'SIGTERM'
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_metrics_logger_writes_jsonl_csv_and_curves(tmp_path):
+    log = MetricsLogger(tmp_path)
+    log.log(dict(epoch=0, train_loss=2.0, lr=1e-3))
+    log.log(dict(epoch=1, train_loss=1.5, lr=2e-3, val_top1=torch.tensor(55.0)))  # a new column
+    log.log(dict(epoch=2, train_loss=1.0, lr=1e-3, val_top1=70.0))
+    rows = list(csv.DictReader(open(tmp_path / 'metrics.csv')))
+    assert [r['epoch'] for r in rows] == ['0', '1', '2'] and rows[0]['val_top1'] == '' and rows[2]['val_top1'] == '70.0'
+    assert json.loads((tmp_path / 'metrics.jsonl').read_text().splitlines()[1])['val_top1'] == 55.0
+    png = log.plot()
+    assert png == tmp_path / 'curves.png' and png.read_bytes()[:4] == b'\x89PNG'
+    # A resumed run reads the log back and redoes epochs from its checkpoint on.
+    resumed = MetricsLogger(tmp_path)
+    assert len(resumed.records) == 3
+    resumed.truncate('epoch', 2)
+    resumed.log(dict(epoch=2, train_loss=0.9))
+    assert [r['train_loss'] for r in MetricsLogger(tmp_path).records] == [2.0, 1.5, 0.9]
+
+
+def test_disabled_metrics_logger_writes_nothing(tmp_path):
+    log = MetricsLogger(tmp_path / 'run', enabled=False)
+    log.log(dict(epoch=0, loss=1.0))
+    log.plot()
+    assert not (tmp_path / 'run').exists()
+
+
+def test_single_process_context(monkeypatch):
+    for var in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'):
+        monkeypatch.delenv(var, raising=False)
+    ctx = setup_distributed('cpu')
+    assert (ctx.rank, ctx.world_size, ctx.is_primary, ctx.is_distributed) == (0, 1, True, False)
+    assert ctx.device == torch.device('cpu')
+    assert all_reduce_mean(torch.tensor(2.5), ctx) == 2.5
+    cleanup_distributed()
