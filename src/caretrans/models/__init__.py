@@ -1,3 +1,3 @@
 """CARE models, registered with timm on import."""
-from .care import CareTransformer, checkpoint_filter_fn, MIN_INPUT_SIZE
+from .care import CareTransformer, checkpoint_filter_fn, reparameterize, MIN_INPUT_SIZE
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_atomic

@@ -18,14 +18,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from timm.models._manipulate import adapt_input_conv
-from timm.models import build_model_with_cfg, register_model
+from timm.models import build_model_with_cfg, register_model, reparameterize_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
 from .checkpoint import CheckpointError, match_state_dict
 
-__all__ = ['CareTransformer', 'checkpoint_filter_fn', 'MIN_INPUT_SIZE']
+__all__ = ['CareTransformer', 'checkpoint_filter_fn', 'reparameterize', 'MIN_INPUT_SIZE']
 
 # The network downsamples 32x; below that the last stage would have no pixels.
 MIN_INPUT_SIZE = 32
@@ -47,6 +47,42 @@ def _dw_conv(dim: int, kernel_size: Union[int, Tuple[int, int]]) -> nn.Conv2d:
     return nn.Conv2d(dim, dim, (kh, kw), padding=(kh // 2, kw // 2), groups=dim)
 
 
+# ---------------------------------------------------------------- inference re-parameterisation
+# Every fusion below is exact in eval mode: BatchNorm uses its running statistics, dropout and
+# drop-path are identities, so the fused model computes the same function with fewer ops.
+
+def _conv_like(weight: torch.Tensor, bias: torch.Tensor, **kwargs) -> nn.Conv2d:
+    """A Conv2d holding the given weight and bias (shapes define its channels and kernel)."""
+    groups = kwargs.get('groups', 1)
+    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), **kwargs)
+    conv.weight = nn.Parameter(weight.detach().clone())
+    conv.bias = nn.Parameter(bias.detach().clone())
+    return conv
+
+
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm in eval mode as y = scale * x + shift, per channel."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def _fold_bn_into_next_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
+    """conv(bn(x)) as one conv: exact because the conv is dense and pads nothing (padding would see
+    zeros where the un-fused conv sees bn's shift)."""
+    if conv.groups != 1 or any(conv.padding):
+        raise ValueError('a BatchNorm folds into the following conv only if that conv is dense and unpadded')
+    scale, shift = _bn_scale_shift(bn)
+    weight = conv.weight * scale.view(1, -1, 1, 1)
+    bias = conv.bias + (conv.weight * shift.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
+    return _conv_like(weight, bias, stride=conv.stride)
+
+
+def _check_eval(module: nn.Module):
+    if module.training:
+        raise RuntimeError('re-parameterisation folds BatchNorm running statistics and is for inference: '
+                           'call model.eval() first')
+
+
 class Stem(nn.Module):
     """Patchify stem: 4x4 stride-4 conv followed by BatchNorm."""
 
@@ -57,6 +93,13 @@ class Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
+
+    def reparameterize(self):
+        """Fold the BatchNorm into the conv."""
+        if isinstance(self.norm, nn.BatchNorm2d):
+            _check_eval(self)
+            self.conv = torch.nn.utils.fusion.fuse_conv_bn_eval(self.conv, self.norm)
+            self.norm = nn.Identity()
 
 
 class Downsample(nn.Module):
@@ -69,6 +112,13 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.norm(x))
+
+    def reparameterize(self):
+        """Fold the BatchNorm into the (unpadded) conv that follows it."""
+        if isinstance(self.norm, nn.BatchNorm2d):
+            _check_eval(self)
+            self.conv = _fold_bn_into_next_conv(self.norm, self.conv)
+            self.norm = nn.Identity()
 
 
 class LongRangeConv(nn.Module):
@@ -153,6 +203,13 @@ class Interaction(nn.Module):
         x = self.drop(self.dwconv(self.act(self.fc1(self.norm(x)))))
         return self.fc2(x)
 
+    def reparameterize(self):
+        """Fold the pre-norm BatchNorm into the 1x1 expansion."""
+        if isinstance(self.norm, nn.BatchNorm2d):
+            _check_eval(self)
+            self.fc1 = _fold_bn_into_next_conv(self.norm, self.fc1)
+            self.norm = nn.Identity()
+
 
 class CareBlock(nn.Module):
     """CARE block: token mixing, Inter1 (local <-> global), Inter2 (features <-> memory)."""
@@ -173,6 +230,7 @@ class CareBlock(nn.Module):
         super().__init__()
         self.mem_dim = mem_dim
         self.last = last
+        self.reparameterized = False
         self.token_mixer = TokenMixer(mem_dim, use_attention, head_dim, attention_kernel)
         self.inter1 = Interaction(dim, expansion[0], drop)
         self.inter2 = Interaction(dim + mem_dim, expansion[1], drop, project=not last)
@@ -191,8 +249,29 @@ class CareBlock(nn.Module):
         u = torch.cat([memory, features], dim=1)
         if self.layer_scale is None:
             return self.inter2(u)
+        if self.reparameterized:  # inference: the layer scale is folded into inter2.fc2
+            if self.training:
+                raise RuntimeError('this block is re-parameterised for inference and cannot be trained')
+            return x + u * self.layer_scale.view(1, -1, 1, 1) + self.inter2(u)
         out = u + self.inter2(u)
         return x + self.drop_path(self.layer_scale.view(1, -1, 1, 1) * out)
+
+    def reparameterize(self):
+        """Fold the interaction units' BatchNorms into their 1x1 convs and the layer scale into inter2.fc2.
+
+        The token mixer's convs stay apart: merging them into one depthwise conv (11x11 cross plus
+        padded 3x3 and 7x7) costs more MACs than the ops it saves (docs/performance.md).
+        """
+        if self.reparameterized:
+            return
+        _check_eval(self)
+        self.inter1.reparameterize()
+        self.inter2.reparameterize()
+        if self.layer_scale is not None:
+            scale = self.layer_scale.detach()
+            fc2 = self.inter2.fc2
+            self.inter2.fc2 = _conv_like(fc2.weight * scale.view(-1, 1, 1, 1), fc2.bias * scale)
+        self.reparameterized = True
 
 
 class CareStage(nn.Module):
@@ -262,6 +341,18 @@ class CareHead(nn.Module):
         if not pre_logits:
             x = self.fc(x)
         return x if self.global_pool == 'avg' else x.permute(0, 3, 1, 2)
+
+    @classmethod
+    def merged(cls, a: 'CareHead', b: 'CareHead') -> 'CareHead':
+        """One head computing (a(x) + b(x)) / 2, exactly: both LayerNorms normalise the same vector,
+        so their affine parts and the two classifiers fold into one Linear."""
+        head = cls(a.in_features, a.fc.out_features, a.global_pool, a.drop.p)
+        head.norm = nn.LayerNorm(a.in_features, eps=a.norm.eps, elementwise_affine=False)
+        weight = (a.fc.weight * a.norm.weight + b.fc.weight * b.norm.weight) / 2
+        bias = (a.fc.weight @ a.norm.bias + a.fc.bias + b.fc.weight @ b.norm.bias + b.fc.bias) / 2
+        head.fc.weight = nn.Parameter(weight.detach().clone())
+        head.fc.bias = nn.Parameter(bias.detach().clone())
+        return head
 
 
 class CareTransformer(nn.Module):
@@ -359,6 +450,16 @@ class CareTransformer(nn.Module):
         """In training, return (head, head_dist) logits separately (DeiT distillation)."""
         self.distilled_training = enable and self.head_dist is not None
 
+    def reparameterize(self):
+        """Fuse the whole model for inference, in place: BatchNorms, layer scales and the token
+        mixers' convs into convs (each module's `reparameterize`), and the two heads into one."""
+        _check_eval(self)
+        reparameterize_model(self, inplace=True)  # timm's walker calls each child's reparameterize()
+        if self.head_dist is not None and self.num_classes > 0:
+            self.head = CareHead.merged(self.head, self.head_dist)
+            self.head_dist = None
+            self.distilled_training = False
+
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head.fc
@@ -448,6 +549,16 @@ class CareTransformer(nn.Module):
         if prune_head:
             self.reset_classifier(0, '')
         return take_indices
+
+
+def reparameterize(model: nn.Module) -> nn.Module:
+    """Fuse a CARE model (or any model holding CARE or other timm re-parameterisable modules) for
+    inference, in place. It is put in eval mode and computes what it computed before; it cannot
+    be trained afterwards."""
+    model.eval()
+    if hasattr(model, 'reparameterize'):
+        model.reparameterize()
+    return reparameterize_model(model, inplace=True)
 
 
 # Released module names -> ours. The release names the heads `dist_head`, the layer scale

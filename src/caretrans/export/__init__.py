@@ -1,0 +1,5 @@
+"""Deployment: exports (ONNX, TorchScript, Core ML) checked against PyTorch, and int8 quantisation."""
+from .convert import FORMATS, ExportCheckError, export_model, onnx_session
+from .quantize import quantize_onnx
+
+__all__ = ['FORMATS', 'ExportCheckError', 'export_model', 'onnx_session', 'quantize_onnx']

@@ -1,0 +1,76 @@
+"""Exports: each artefact is checked against PyTorch, and a failed check is an error."""
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import caretrans
+from caretrans.cli import main as cli_main
+from caretrans.export import ExportCheckError, export_model, onnx_session
+from caretrans.export.convert import check_onnx
+
+
+@pytest.fixture(scope='module')
+def fused():
+    torch.manual_seed(0)
+    return caretrans.reparameterize(timm.create_model('care_s0', num_classes=10))
+
+
+def test_onnx_dynamic_batch(fused, tmp_path):
+    report = export_model(fused, 'onnx', tmp_path / 'm.onnx', img_size=64, dynamic_batch=True)
+    assert set(report['max_abs_diff']) == {'1', '8'} and max(report['max_abs_diff'].values()) < 1e-4
+    session = onnx_session(tmp_path / 'm.onnx', threads=1)
+    assert session.get_inputs()[0].shape[0] == 'batch'
+    out = session.run(None, {'image': np.zeros((3, 3, 64, 64), np.float32)})[0]
+    assert out.shape == (3, 10)
+
+
+def test_failed_onnx_check_is_an_error(fused, tmp_path):
+    export_model(fused, 'onnx', tmp_path / 'm.onnx', img_size=64)
+    other = caretrans.reparameterize(timm.create_model('care_s0', num_classes=10))
+    with pytest.raises(ExportCheckError, match='differs from PyTorch by up to'):
+        check_onnx(other, tmp_path / 'm.onnx', [torch.randn(1, 3, 64, 64)])
+
+
+def test_torchscript_loads_back_and_matches(fused, tmp_path):
+    report = export_model(fused, 'torchscript', tmp_path / 'm.pt', img_size=64)
+    assert set(report['max_abs_diff']) == {'1', '2'} and max(report['max_abs_diff'].values()) < 1e-4
+    loaded = torch.jit.load(str(tmp_path / 'm.pt'))
+    x = torch.randn(2, 3, 96, 64)  # another size than traced: the graph is size-generic
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        torch.testing.assert_close(loaded(x), fused(x), rtol=1e-4, atol=1e-4)
+
+
+def test_coreml_package_is_validated(fused, tmp_path):
+    pytest.importorskip('coremltools')
+    report = export_model(fused, 'coreml', tmp_path / 'm.mlpackage', img_size=64)
+    assert (tmp_path / 'm.mlpackage' / 'Manifest.json').is_file()
+    import platform
+    assert report['numerically_checked'] == (platform.system() == 'Darwin')
+
+
+def test_bad_format_and_options(fused, tmp_path):
+    with pytest.raises(ValueError, match='unknown export format'):
+        export_model(fused, 'tflite', tmp_path / 'm')
+    with pytest.raises(ValueError, match='ONNX only'):
+        export_model(fused, 'torchscript', tmp_path / 'm.pt', dynamic_batch=True)
+
+
+def test_export_cli_with_a_checkpoint(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = timm.create_model('care_s0', num_classes=10, in_chans=1).eval()
+    caretrans.save_atomic({'model': model.state_dict(), 'epoch': 1}, tmp_path / 'ckpt.pth')
+    out = tmp_path / 'gray.onnx'
+    assert cli_main(['export', '--model', 'care_s0', '--checkpoint', str(tmp_path / 'ckpt.pth'), '--format', 'onnx',
+                     '--img-size', '64', '--output', str(out), '--json']) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report['reparameterized'] and max(report['max_abs_diff'].values()) < 1e-4
+    x = np.random.default_rng(0).standard_normal((1, 1, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()  # the un-fused trained model
+    np.testing.assert_allclose(onnx_session(out, threads=1).run(None, {'image': x})[0], expected, atol=1e-4)
+    assert cli_main(['export', '--format', 'torchscript', '--output', str(tmp_path / 'm.pt'),
+                     '--int8', 'synthetic']) == 2
+    assert '--int8 quantises the ONNX export' in capsys.readouterr().err
