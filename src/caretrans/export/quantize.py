@@ -11,15 +11,17 @@ def dataset_batches(data: str, split: str, count: int, img_size: int, in_chans: 
                     batch_size: int = 32) -> Iterator[tuple]:
     """(images, labels) numpy batches of the first `count` images of a caretrans dataset, through
     the evaluation transform (resize, centre crop, the dataset's normalisation)."""
+    from timm.data import create_transform
+
     from ..data import create_dataset, dataset_info
-    from ..data.loader import build_transform
 
     dataset = create_dataset(data, split)
     info = dataset_info(dataset)
     if info['in_chans'] != in_chans:
         raise ValueError(f'{data} has {info["in_chans"]}-channel images but the model takes {in_chans}; '
                          f'build it with in_chans={info["in_chans"]}')
-    dataset.transform = build_transform(False, img_size, info['mean'], info['std'])
+    dataset.transform = create_transform(img_size, is_training=False, interpolation='bicubic', crop_pct=0.875,
+                                         mean=tuple(info['mean']), std=tuple(info['std']))
     count = min(count, len(dataset))
     for start in range(0, count, batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, count))]
