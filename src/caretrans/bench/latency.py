@@ -158,8 +158,8 @@ def throughput(name: str, batch_size: int = 64, img_size: int = 224, steps: int 
 
 
 def plot(rows: Sequence[dict], path, runtime: str):
-    """Figure-1-style scatter: latency against top-1 (paper) where known, else against GMACs;
-    marker area by GMACs."""
+    """Figure-1-style scatter: latency against the paper's top-1 for the models that have one (all
+    against GMACs when none has); marker area by GMACs."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -167,7 +167,9 @@ def plot(rows: Sequence[dict], path, runtime: str):
     rows = [r for r in rows if r['runtime'] == runtime and r['variant'] != 'unfused']
     if not rows:
         raise ValueError(f'no {runtime} rows to plot')
-    by_accuracy = all(r['top1'] is not None for r in rows)
+    by_accuracy = any(r['top1'] is not None for r in rows)
+    if by_accuracy:
+        rows = [r for r in rows if r['top1'] is not None]
     fig, ax = plt.subplots(figsize=(7, 5))
     for r in rows:
         y = r['top1'] if by_accuracy else r['gmacs']

@@ -16,6 +16,8 @@ def add_parser(subparsers):
     p.add_argument('--int8', metavar='DATA', help="ONNX: also write PATH.int8.onnx, quantised with ONNX Runtime "
                    "(static, per-channel) and calibrated on DATA ('fashion-mnist', 'synthetic' or an image folder)")
     p.add_argument('--calib-count', type=int, default=256, help='calibration images (default 256)')
+    p.add_argument('--crop-pct', type=float, default=0.875,
+                   help='with --int8: evaluation transform crop (resize to img_size / crop_pct, centre crop)')
     p.add_argument('--eval-count', type=int, default=0,
                    help='with --int8: top-1 of float and int8 on this many validation images of DATA')
     p.add_argument('--json', action='store_true', help='print the report as JSON')
@@ -62,8 +64,8 @@ def _int8(args, model, report):
     in_chans = model.in_chans
     output = Path(args.output)
     int8_path = quantize_onnx(output, output.with_suffix('.int8.onnx'), args.int8, args.calib_count,
-                              args.img_size, in_chans)
-    x = next(dataset_batches(args.int8, 'val', 1, args.img_size, in_chans))[0]
+                              args.img_size, in_chans, crop_pct=args.crop_pct)
+    x = next(dataset_batches(args.int8, 'val', 1, args.img_size, in_chans, crop_pct=args.crop_pct))[0]
     sessions = {p: onnx_session(p) for p in (output, int8_path)}
     runners = {p: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for p, s in sessions.items()}
     times = time_interleaved(runners, rounds=20)
@@ -73,8 +75,9 @@ def _int8(args, model, report):
     if args.eval_count:
         report['int8'].update(
             eval_images=args.eval_count,
-            top1_float=onnx_top1(output, args.int8, args.eval_count, args.img_size, in_chans),
-            top1_int8=onnx_top1(int8_path, args.int8, args.eval_count, args.img_size, in_chans))
+            top1_float=onnx_top1(output, args.int8, args.eval_count, args.img_size, in_chans, crop_pct=args.crop_pct),
+            top1_int8=onnx_top1(int8_path, args.int8, args.eval_count, args.img_size, in_chans,
+                                crop_pct=args.crop_pct))
 
 
 def run(args):

@@ -8,7 +8,7 @@ import torch
 
 
 def dataset_batches(data: str, split: str, count: int, img_size: int, in_chans: int,
-                    batch_size: int = 32) -> Iterator[tuple]:
+                    batch_size: int = 32, crop_pct: float = 0.875) -> Iterator[tuple]:
     """(images, labels) numpy batches of the first `count` images of a caretrans dataset, through
     the evaluation transform (resize, centre crop, the dataset's normalisation)."""
     from timm.data import create_transform
@@ -20,7 +20,7 @@ def dataset_batches(data: str, split: str, count: int, img_size: int, in_chans: 
     if info['in_chans'] != in_chans:
         raise ValueError(f'{data} has {info["in_chans"]}-channel images but the model takes {in_chans}; '
                          f'build it with in_chans={info["in_chans"]}')
-    dataset.transform = create_transform(img_size, is_training=False, interpolation='bicubic', crop_pct=0.875,
+    dataset.transform = create_transform(img_size, is_training=False, interpolation='bicubic', crop_pct=crop_pct,
                                          mean=tuple(info['mean']), std=tuple(info['std']))
     count = min(count, len(dataset))
     for start in range(0, count, batch_size):
@@ -29,7 +29,7 @@ def dataset_batches(data: str, split: str, count: int, img_size: int, in_chans: 
 
 
 def quantize_onnx(float_path, output, data: str, count: int = 256, img_size: int = 224, in_chans: int = 3,
-                  split: str = 'train') -> Path:
+                  split: str = 'train', crop_pct: float = 0.875) -> Path:
     """Write an int8 (QDQ, per-channel weights) copy of `float_path`, calibrated with min/max
     statistics on `count` images of `data` ('fashion-mnist', 'synthetic' or an image folder)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -42,7 +42,8 @@ def quantize_onnx(float_path, output, data: str, count: int = 256, img_size: int
     class Reader(CalibrationDataReader):
         def __init__(self):
             # One image per call: the exported graph may have a fixed batch of 1.
-            self.images = (x[None] for batch, _ in dataset_batches(data, split, count, img_size, in_chans)
+            self.images = (x[None] for batch, _ in dataset_batches(data, split, count, img_size, in_chans,
+                                                                       crop_pct=crop_pct)
                            for x in batch)
 
         def get_next(self) -> Optional[dict]:
@@ -59,7 +60,8 @@ def quantize_onnx(float_path, output, data: str, count: int = 256, img_size: int
     return output
 
 
-def onnx_top1(path, data: str, count: int, img_size: int, in_chans: int, split: str = 'val') -> float:
+def onnx_top1(path, data: str, count: int, img_size: int, in_chans: int, split: str = 'val',
+              crop_pct: float = 0.875) -> float:
     """Top-1 accuracy (%) of an ONNX classifier on the first `count` images of `split`."""
     from .convert import onnx_session
 
@@ -67,7 +69,7 @@ def onnx_top1(path, data: str, count: int, img_size: int, in_chans: int, split: 
     name = session.get_inputs()[0].name
     batch_size = 1 if session.get_inputs()[0].shape[0] == 1 else 32
     correct = total = 0
-    for images, labels in dataset_batches(data, split, count, img_size, in_chans, batch_size):
+    for images, labels in dataset_batches(data, split, count, img_size, in_chans, batch_size, crop_pct):
         logits = session.run(None, {name: images})[0]
         correct += int((logits.argmax(1) == labels).sum())
         total += len(labels)
