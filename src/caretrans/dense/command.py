@@ -1,0 +1,121 @@
+"""The `caretrans det` and `caretrans seg` commands: train, eval and synth, sharing one parser."""
+import argparse
+import dataclasses
+import json
+import os
+import typing
+
+from .recipe import PRESETS, DenseRecipe
+
+__all__ = ['add_task_parser']
+
+_DEFAULT_PRESET = {'det': 'coco', 'seg': 'ade20k'}
+_SHAPES_PRESET = {'det': 'shapes-det', 'seg': 'shapes-seg'}
+
+
+def _add_recipe_flags(parser: argparse.ArgumentParser):
+    """One flag per recipe field; only the flags given override the recipe."""
+    group = parser.add_argument_group('recipe fields (override the preset or YAML)')
+    hints = typing.get_type_hints(DenseRecipe)
+    for f in dataclasses.fields(DenseRecipe):
+        if f.name == 'task':
+            continue
+        flag, kind = '--' + f.name.replace('_', '-'), hints[f.name]
+        base = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = base[0] if typing.get_origin(kind) is typing.Union else kind
+        kw = dict(default=argparse.SUPPRESS, help=f.metadata.get('help', f'default {f.default}'))
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif typing.get_origin(kind) is tuple:
+            group.add_argument(flag, nargs='+', type=typing.get_args(kind)[0], **kw)
+        else:
+            group.add_argument(flag, type=kind, **kw)
+
+
+def _recipe(args, task: str):
+    from .recipe import load_recipe
+    recipe = load_recipe(args.recipe)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(DenseRecipe) if hasattr(args, f.name)}
+    values = dict(recipe.to_dict(), **overrides)
+    if values['task'] != task:
+        raise ValueError(f'recipe {args.recipe!r} is for {values["task"]!r}, not {task!r}')
+    return DenseRecipe.from_dict(values)
+
+
+def _print_metrics(metrics, as_json: bool):
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            print(f'{k:>12}: {v:.4f}')
+        elif isinstance(v, list):
+            print(f'{k:>12}: ' + ' '.join('nan' if x != x else f'{x:.3f}' for x in v))
+
+
+def _run_train(args):
+    from ..cli.common import check_model_names
+    from .train import train
+
+    recipe = _recipe(args, args.task)
+    check_model_names([recipe.model])
+    metrics = train(recipe, args.output, resume=args.resume, device=args.device, progress=not args.no_progress)
+    if int(os.environ.get('RANK', '0')) == 0:  # torchrun: one report, not one per process
+        _print_metrics(metrics, args.json)
+
+
+def _run_eval(args):
+    from .recipe import load_recipe
+    from .train import evaluate_checkpoint
+
+    recipe = None
+    if args.recipe or args.data or args.val_split:
+        if not args.recipe:
+            raise ValueError('--data and --val-split need --recipe (the YAML of the run or a preset)')
+        recipe = load_recipe(args.recipe)
+        recipe = dataclasses.replace(recipe, **{k: v for k, v in (('data', args.data), ('val_split', args.val_split))
+                                                 if v})
+    _print_metrics(evaluate_checkpoint(args.checkpoint, recipe, device=args.device), args.json)
+
+
+def _run_synth(args):
+    from .synthetic import make_shapes_dataset
+
+    paths = make_shapes_dataset(args.output, args.num_train, args.num_val, args.image_size, seed=args.seed)
+    for k, v in paths.items():
+        print(f'{k}: {v}')
+    print(f'train on it: caretrans {args.task} train --recipe {_SHAPES_PRESET[args.task]} --data {args.output}')
+
+
+def add_task_parser(subparsers, task: str, help_text: str):
+    """Register `caretrans <task>` with its train, eval and synth actions."""
+    parser = subparsers.add_parser(task, help=help_text)
+    actions = parser.add_subparsers(dest='action', required=True, metavar='ACTION')
+
+    p = actions.add_parser('train', help='train (resumable; DDP with torchrun)')
+    p.add_argument('--recipe', default=_DEFAULT_PRESET[task],
+                   help=f'preset ({", ".join(PRESETS)}) or YAML file (default {_DEFAULT_PRESET[task]})')
+    p.add_argument('--output', required=True, help='run folder: last.pth, model.safetensors, metrics, curves.png')
+    p.add_argument('--resume', action='store_true', help='continue the run in --output from its last.pth')
+    p.add_argument('--device', default=None, help='default: cuda (one GPU per torchrun process) if available, else cpu')
+    p.add_argument('--no-progress', action='store_true', help='no progress bars')
+    p.add_argument('--json', action='store_true', help='print the final metrics as JSON')
+    _add_recipe_flags(p)
+    p.set_defaults(func=_run_train, task=task)
+
+    p = actions.add_parser('eval', help='evaluate a checkpoint (box/mask AP or mIoU)')
+    p.add_argument('--checkpoint', required=True, help="a run's last.pth, or model.safetensors beside recipe.yaml")
+    p.add_argument('--recipe', default=None, help='preset or YAML (default: the one of the run)')
+    p.add_argument('--data', default=None, help='evaluate on another dataset folder (needs --recipe)')
+    p.add_argument('--val-split', default=None)
+    p.add_argument('--device', default=None)
+    p.add_argument('--json', action='store_true')
+    p.set_defaults(func=_run_eval, task=task)
+
+    p = actions.add_parser('synth', help='write the synthetic shapes dataset (COCO and ADE20K formats)')
+    p.add_argument('--output', required=True)
+    p.add_argument('--num-train', type=int, default=64)
+    p.add_argument('--num-val', type=int, default=16)
+    p.add_argument('--image-size', type=int, default=128)
+    p.add_argument('--seed', type=int, default=0)
+    p.set_defaults(func=_run_synth, task=task)

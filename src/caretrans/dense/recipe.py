@@ -1,0 +1,111 @@
+"""The dense-prediction recipe: one dataclass, with the paper's COCO and ADE20K set-ups as presets."""
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import yaml
+
+__all__ = ['DenseRecipe', 'PRESETS', 'load_recipe']
+
+
+@dataclass
+class DenseRecipe:
+    """Everything that decides what a detection or segmentation run computes."""
+
+    task: str = field(default='det', metadata=dict(help="'det' (Mask R-CNN) or 'seg' (Semantic FPN)"))
+    # model
+    model: str = field(default='care_s0', metadata=dict(help='timm backbone name'))
+    backbone_checkpoint: Optional[str] = field(default=None, metadata=dict(
+        help='ImageNet classification checkpoint (ours or released-format) for the backbone'))
+    norm: str = field(default='frozen', metadata=dict(help="backbone BatchNorm: 'frozen', 'sync' or 'batch'"))
+    drop_path: float = field(default=0.0, metadata=dict(help='stochastic depth rate of the backbone'))
+    fpn_channels: int = 256
+    box_head_dim: int = field(default=1024, metadata=dict(help='Mask R-CNN box head width'))
+    mask_head_dims: Tuple[int, ...] = field(default=(256, 256, 256, 256), metadata=dict(help='Mask R-CNN mask head convs'))
+    anchor_sizes: Tuple[int, ...] = field(default=(32, 64, 128, 256, 512), metadata=dict(help='RPN anchor per level'))
+    rpn_batch: int = field(default=256, metadata=dict(help='RPN anchors sampled per image'))
+    roi_batch: int = field(default=512, metadata=dict(help='proposals sampled per image for the box head'))
+    proposals: Tuple[int, int] = field(default=(1000, 1000), metadata=dict(help='proposals kept after NMS: train, test'))
+    head_channels: int = field(default=128, metadata=dict(help='Semantic FPN branch width'))
+    # data
+    data: str = field(default='', metadata=dict(
+        help='det: COCO root (<split>/ or images/<split>/, annotations/instances_<split>.json); '
+             'seg: ADE20K root (images/<split>/, annotations/<split>/)'))
+    train_split: str = 'train2017'
+    val_split: str = 'val2017'
+    num_classes: int = field(default=150, metadata=dict(help='seg: classes (det: from the annotation file)'))
+    reduce_zero_label: bool = field(default=True, metadata=dict(help='seg: label 0 is "other", ignored'))
+    min_size: int = field(default=800, metadata=dict(help='det: shorter side of the resized image; seg: of the evaluated image'))
+    max_size: int = field(default=1333, metadata=dict(help='longer side limit of those resized images'))
+    crop_size: int = field(default=512, metadata=dict(help='seg: training crop'))
+    scale: int = field(default=512, metadata=dict(help='seg: shorter side before the random ratio'))
+    ratio_range: Tuple[float, float] = field(default=(0.5, 2.0), metadata=dict(help='seg: random rescale range'))
+    batch_size: int = field(default=2, metadata=dict(help='images per process'))
+    workers: int = 4
+    # optimisation
+    opt: str = 'adamw'
+    lr: float = 2e-4
+    weight_decay: float = 0.05
+    sched: str = field(default='multistep', metadata=dict(help="timm scheduler: 'multistep' (det), 'poly' (seg)"))
+    epochs: int = 12
+    decay_milestones: Tuple[int, ...] = field(default=(8, 11), metadata=dict(help='multistep: epochs of x0.1'))
+    poly_power: float = 0.9
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    clip_grad: Optional[float] = None
+    # run
+    eval_every: int = field(default=1, metadata=dict(help='evaluate every N epochs (and after the last)'))
+    amp: bool = field(default=False, metadata=dict(help='bfloat16 autocast'))
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.task not in ('det', 'seg'):
+            raise ValueError(f"task must be 'det' or 'seg', got {self.task!r}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> 'DenseRecipe':
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f'unknown recipe field(s): {", ".join(unknown)}')
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+# Paper, Section 4.2: Mask R-CNN, AdamW lr 2e-4, 12 epochs (1x: x0.1 after epochs 8 and 11),
+# batch 24 (2 per GPU on 12 GPUs). The weight decay is not given: 0.05 as in mmdetection's
+# configs for efficient backbones.
+COCO = dict(task='det', norm='frozen', batch_size=2)
+# Section 4.3: Semantic FPN, AdamW lr 2e-4, poly decay, batch 48. 40k iterations at batch 32
+# is mmsegmentation's Semantic FPN schedule; here: 127 epochs of ADE20K's 20210 images at batch 48.
+ADE20K = dict(task='seg', norm='sync', batch_size=8, train_split='training', val_split='validation',
+              sched='poly', epochs=127, weight_decay=1e-4, warmup_iters=0, min_size=512, max_size=2048)
+# The synthetic shapes (dense/synthetic.py) on a CPU: compact heads, a higher lr, a few epochs.
+SHAPES_DET = dict(
+    task='det', norm='frozen', train_split='training', val_split='validation', min_size=128, max_size=128,
+    fpn_channels=64, box_head_dim=256, mask_head_dims=(64, 64), anchor_sizes=(16, 32, 64, 128, 256),
+    rpn_batch=64, roi_batch=64, proposals=(150, 100), batch_size=4, workers=0, lr=1e-3, epochs=7,
+    decay_milestones=(6,), warmup_iters=10, eval_every=100,
+)
+SHAPES_SEG = dict(
+    task='seg', norm='batch', train_split='training', val_split='validation', num_classes=4, crop_size=128,
+    scale=128, ratio_range=(0.75, 1.25), min_size=128, max_size=512, fpn_channels=64, head_channels=64,
+    batch_size=8, workers=0, lr=1e-3, weight_decay=0.01, sched='poly', epochs=6, warmup_iters=5, eval_every=100,
+)
+PRESETS: Dict[str, Dict[str, Any]] = {'coco': COCO, 'ade20k': ADE20K, 'shapes-det': SHAPES_DET, 'shapes-seg': SHAPES_SEG}
+
+
+def load_recipe(source: str) -> DenseRecipe:
+    """A preset by name or a YAML file (e.g. the recipe.yaml saved in a run folder)."""
+    if source in PRESETS:
+        return DenseRecipe(**PRESETS[source])
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f'recipe {source!r} is neither a preset ({", ".join(PRESETS)}) nor a YAML file')
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f'{path} does not hold a mapping of recipe fields')
+    return DenseRecipe.from_dict(values)

@@ -1,0 +1,263 @@
+"""Dense prediction: backbone features, Mask R-CNN, Semantic FPN, data checks and metrics."""
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from caretrans.bench.profile import PAPER_FIGURES, count_macs
+from caretrans.dense import maskrcnn, semantic_fpn
+from caretrans.dense.data import (AdeSegmentation, CocoInstances, DataError, detection_transform, load_coco,
+                                  segmentation_train_transform)
+from caretrans.dense.metrics import SegmentationMeter, coco_metrics, detections_to_coco
+from caretrans.models import CheckpointError
+
+# pycocotools 2.0.11 with NumPy 2 warns on every mask decode.
+pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')
+
+COMPACT = dict(fpn_channels=32, box_head_dim=64, mask_head_dims=(32,), min_size=64, max_size=64,
+               rpn_batch_size_per_image=32, box_batch_size_per_image=32)
+
+
+# ---------------------------------------------------------------- backbone
+
+def test_features_only_shapes_strides_and_intermediates():
+    torch.manual_seed(0)
+    fm = timm.create_model('care_s0', features_only=True, out_indices=(0, 1, 2, 3)).eval()
+    torch.manual_seed(0)
+    full = timm.create_model('care_s0').eval()  # same seed, same weights
+    assert fm.feature_info.channels() == [32, 64, 128, 1024]
+    assert fm.feature_info.reduction() == [4, 8, 16, 32]
+    x = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        feats = fm(x)
+        last, inter = full.forward_intermediates(x)
+        only = full.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
+    assert [tuple(f.shape[-2:]) for f in feats] == [(24, 16), (12, 8), (6, 4), (3, 2)]
+    for a, b in zip(feats, inter):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(only[1], inter[3])
+    torch.testing.assert_close(last, inter[3])
+    s2 = timm.create_model('care_s2', features_only=True, out_indices=(1, 3))
+    assert s2.feature_info.channels() == [64, 1536] and s2.feature_info.reduction() == [8, 32]
+
+
+@pytest.mark.parametrize('name', ['care_s0', 'care_s1', 'care_s2'])
+def test_backbone_gmacs_at_512_match_table2(name):
+    fm = timm.create_model(name, features_only=True)
+    assert abs(count_macs(fm, 512) / 1e9 - PAPER_FIGURES[name]['backbone_gmacs_512']) < 0.05
+
+
+def test_backbone_initialised_from_released_checkpoint(official_dir):
+    path = official_dir / 'care_s0_official_format.pth'
+    released = torch.load(path, weights_only=True)
+    det = maskrcnn('care_s0', num_classes=3, backbone_checkpoint=str(path), **COMPACT)
+    seg = semantic_fpn('care_s0', num_classes=5, backbone_checkpoint=str(path), norm='batch')
+    for body in (det.backbone.body, seg.backbone.body):
+        torch.testing.assert_close(body.stem.conv.weight, released['stem.0.weight'])
+        torch.testing.assert_close(body.stages_2.blocks[0].token_mixer.global_mixer.qk.weight,
+                                   released['stages.2.blocks.0.token_mixer.qk.weight'])
+    # frozen BatchNorm keeps the ImageNet statistics
+    torch.testing.assert_close(det.backbone.body.stem.norm.running_var, released['stem.1.running_var'])
+
+
+def test_bad_backbone_checkpoint_is_named(tmp_path):
+    bad = tmp_path / 'notes.pth'
+    bad.write_text('not weights')
+    with pytest.raises(CheckpointError, match='not a PyTorch checkpoint'):
+        maskrcnn(num_classes=3, backbone_checkpoint=str(bad), **COMPACT)
+    torch.save({'stem.0.weight': torch.zeros(1)}, tmp_path / 'other.pth')
+    with pytest.raises(CheckpointError, match=r'other\.pth.*does not match'):
+        semantic_fpn(backbone_checkpoint=str(tmp_path / 'other.pth'))
+    with pytest.raises(ValueError, match='norm must be one of'):
+        semantic_fpn(norm='group')
+
+
+# ---------------------------------------------------------------- models
+
+def _instance_target(boxes, labels, size=64):
+    masks = torch.zeros(len(boxes), size, size, dtype=torch.uint8)
+    for m, (x0, y0, x1, y1) in zip(masks, boxes):
+        m[y0:y1, x0:x1] = 1
+    return dict(boxes=torch.tensor(boxes, dtype=torch.float32), labels=torch.tensor(labels), masks=masks)
+
+
+def test_maskrcnn_train_step_and_eval_output():
+    torch.manual_seed(0)
+    model = maskrcnn('care_s0', num_classes=3, **COMPACT)
+    body = model.backbone.body
+    assert type(body.stem.norm).__name__ == 'FrozenBatchNorm2d'
+    assert model.transform.image_mean == [0.485, 0.456, 0.406]
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 48)]
+    targets = [_instance_target([[4, 4, 30, 40]], [1]), _instance_target([[10, 12, 40, 44], [0, 0, 20, 20]], [2, 1])]
+    model.train()
+    losses = model(images, targets)
+    assert set(losses) == {'loss_classifier', 'loss_box_reg', 'loss_mask', 'loss_objectness', 'loss_rpn_box_reg'}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert body.stem.conv.weight.grad.abs().sum() > 0  # the loss reaches the backbone
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 50, 70)])
+    (pred,) = out
+    n = len(pred['boxes'])
+    assert pred['boxes'].shape == (n, 4) and pred['labels'].shape == pred['scores'].shape == (n,)
+    assert pred['masks'].shape == (n, 1, 50, 70)  # masks come back at the input size
+    assert maskrcnn('care_s0', num_classes=81).roi_heads.box_predictor.cls_score.out_features == 81
+    with pytest.raises(ValueError, match='counts the background'):
+        maskrcnn(num_classes=1)
+
+
+def test_semantic_fpn_design_and_output_shape():
+    torch.manual_seed(0)
+    model = semantic_fpn('care_s0', num_classes=150, norm='batch')
+    assert model.backbone.fpn.layer_blocks[0][0].out_channels == 256
+    assert [len(b.convs) for b in model.branches] == [1, 1, 2, 3]  # strides 4, 8, 16, 32 -> 1/4
+    assert model.branches[3].convs[0][0].out_channels == 128 and model.classifier.in_channels == 128
+    model.train()
+    for size in ((64, 96), (70, 100)):
+        assert model(torch.randn(2, 3, *size)).shape == (2, 150, *size)
+
+
+# ---------------------------------------------------------------- metrics
+
+def _coco_gt():
+    rect = np.zeros((100, 100), np.uint8)
+    rect[0:8, 0:10] = 1  # 80 pixels, bbox [0, 0, 10, 8]
+    rle = mask_utils.encode(np.asfortranarray(rect))
+    rle['counts'] = rle['counts'].decode()
+    data = dict(images=[dict(id=7, file_name='a.png', height=100, width=100)],
+                annotations=[dict(id=1, image_id=7, category_id=5, bbox=[0, 0, 10, 8], area=80, iscrowd=0,
+                                  segmentation=rle)],
+                categories=[dict(id=5, name='thing')])
+    return data
+
+
+def _output(boxes, scores, rects):
+    masks = torch.zeros(len(boxes), 1, 100, 100)
+    for m, (y0, y1, x0, x1) in zip(masks, rects):
+        m[0, y0:y1, x0:x1] = 0.9
+    return dict(boxes=torch.tensor(boxes, dtype=torch.float32), scores=torch.tensor(scores),
+                labels=torch.ones(len(boxes), dtype=torch.int64), masks=masks)
+
+
+def test_coco_metrics_against_hand_computed_cases(tmp_path):
+    path = tmp_path / 'gt.json'
+    path.write_text(json.dumps(_coco_gt()))
+    coco = load_coco(path)
+    # A detection covering 50 of the 80 ground-truth pixels: IoU 0.625 matches at IoU 0.50, 0.55, 0.60
+    # of COCO's ten thresholds: AP 0.3, AP50 1, AP75 0 (boxes and masks alike).
+    partial = _output([[0, 0, 10, 5]], [0.8], [(0, 5, 0, 10)])
+    results = detections_to_coco([partial], [7], category_ids=[5])
+    assert results[0]['category_id'] == 5 and results[0]['bbox'] == [0, 0, 10, 5]
+    m = coco_metrics(coco, results)
+    for t in ('bbox', 'segm'):
+        assert m[f'{t}_AP'] == pytest.approx(0.3) and m[f'{t}_AP50'] == pytest.approx(1.0) and m[f'{t}_AP75'] == 0
+    # A better-scored false positive first: precision 1/2 at full recall, so AP50 = 0.5.
+    fp_first = _output([[50, 50, 60, 60], [0, 0, 10, 8]], [0.9, 0.8], [(50, 60, 50, 60), (0, 8, 0, 10)])
+    m = coco_metrics(coco, detections_to_coco([fp_first], [7], [5]))
+    assert m['bbox_AP50'] == pytest.approx(0.5) and m['segm_AP'] == pytest.approx(0.5)
+    assert coco_metrics(coco, []) == {f'{t}_{k}': 0.0 for t in ('bbox', 'segm') for k in ('AP', 'AP50', 'AP75')}
+
+
+def test_miou_against_hand_computed_case():
+    label = torch.tensor([[0, 0, 1, 1], [0, 255, 2, 2]])
+    pred = torch.tensor([[0, 1, 1, 1], [0, 0, 2, 0]])
+    meter = SegmentationMeter(num_classes=4)
+    meter.update(pred, label)
+    r = meter.compute()
+    # class 0: TP 2, FP 1, FN 1 -> 1/2; class 1: TP 2, FP 1 -> 2/3; class 2: TP 1, FN 1 -> 1/2; class 3 absent.
+    assert r['per_class_iou'][:3] == pytest.approx([0.5, 2 / 3, 0.5]) and np.isnan(r['per_class_iou'][3])
+    assert r['mIoU'] == pytest.approx((0.5 + 2 / 3 + 0.5) / 3)
+    assert r['aAcc'] == pytest.approx(5 / 7)  # the ignored pixel does not count
+    meter.update(pred, label)
+    assert meter.compute()['mIoU'] == pytest.approx(r['mIoU'])
+    with pytest.raises(ValueError, match='differ in shape'):
+        meter.update(pred[:1], label)
+
+
+# ---------------------------------------------------------------- data errors
+
+def _write_coco(tmp_path, data):
+    path = tmp_path / 'ann.json'
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize('edit,match', [
+    (lambda d: d['annotations'][0].update(image_id=99), r'annotations\[0\] \(id 1\): image_id 99 is not in'),
+    (lambda d: d['annotations'][0].update(category_id=3), r'annotations\[0\] \(id 1\): category_id 3'),
+    (lambda d: d['annotations'][0].update(bbox=[0, 0, -1, 4]), r'annotations\[0\] \(id 1\): bbox must be'),
+    (lambda d: d['annotations'][0].update(segmentation=[[1, 2, 3]]), r'annotations\[0\].*at least 3'),
+    (lambda d: d['annotations'][0]['segmentation'].update(size=[50, 50]), r'RLE size \[50, 50\] differs'),
+    (lambda d: d['annotations'][0].pop('segmentation'), r"annotations\[0\].*no 'segmentation'"),
+    (lambda d: d['images'][0].pop('height'), r"images\[0\] needs 'id', 'file_name', 'height'"),
+    (lambda d: d.pop('categories'), "missing or non-list 'categories'"),
+])
+def test_bad_annotation_records_are_named(tmp_path, edit, match):
+    data = _coco_gt()
+    edit(data)
+    path = _write_coco(tmp_path, data)
+    with pytest.raises(DataError, match=match) as err:
+        load_coco(path)
+    assert str(path) in str(err.value)
+
+
+def test_bad_annotation_files_and_images(tmp_path):
+    (tmp_path / 'broken.json').write_text('{"images": [')
+    with pytest.raises(DataError, match=r'broken\.json is not valid JSON'):
+        load_coco(tmp_path / 'broken.json')
+    with pytest.raises(DataError, match='does not exist'):
+        load_coco(tmp_path / 'missing.json')
+    path = _write_coco(tmp_path, _coco_gt())
+    ds = CocoInstances(tmp_path, path, detection_transform(False))
+    with pytest.raises(DataError, match=r'image .*a\.png does not exist'):
+        ds[0]
+    (tmp_path / 'a.png').write_bytes(b'\x89PNG\r\n\x1a\n truncated')
+    with pytest.raises(DataError, match=r'image .*a\.png cannot be read'):
+        ds[0]
+    Image.new('RGB', (100, 90)).save(tmp_path / 'a.png')
+    with pytest.raises(DataError, match=r'a\.png is 100x90 but .*ann\.json says 100x100'):
+        ds[0]
+    Image.new('RGB', (100, 100)).save(tmp_path / 'a.png')
+    image, target = ds[0]
+    assert image.shape == (3, 100, 100) and target['labels'].tolist() == [1] and target['masks'].sum() == 80
+    assert target['boxes'].tolist() == [[0, 0, 10, 8]]
+
+
+def _ade(tmp_path, label: np.ndarray, mode='L'):
+    for d in ('images/training', 'annotations/training'):
+        (tmp_path / d).mkdir(parents=True, exist_ok=True)
+    Image.new('RGB', (label.shape[1], label.shape[0])).save(tmp_path / 'images/training/x.jpg')
+    Image.fromarray(label).convert(mode).save(tmp_path / 'annotations/training/x.png')
+
+
+def test_ade_reduce_zero_label_and_errors(tmp_path):
+    _ade(tmp_path, np.array([[0, 1, 150], [2, 0, 1]], np.uint8))
+    ds = AdeSegmentation(tmp_path, 'training')
+    assert ds[0][1].tolist() == [[255, 0, 149], [1, 255, 0]]
+    assert AdeSegmentation(tmp_path, 'training', num_classes=151, reduce_zero_label=False)[0][1][0, 2] == 150
+    _ade(tmp_path, np.array([[0, 151]], np.uint8))
+    with pytest.raises(DataError, match=r'x\.png holds class 151, beyond the 150 classes'):
+        AdeSegmentation(tmp_path, 'training')[0]
+    _ade(tmp_path, np.zeros((2, 3), np.uint8), mode='RGB')
+    with pytest.raises(DataError, match=r'x\.png has mode RGB'):
+        AdeSegmentation(tmp_path, 'training')[0]
+    (tmp_path / 'annotations/training/x.png').unlink()
+    with pytest.raises(DataError, match=r'x\.jpg has no label map'):
+        AdeSegmentation(tmp_path, 'training')
+    with pytest.raises(DataError, match='expected the ADE20K layout'):
+        AdeSegmentation(tmp_path, 'validation')
+
+
+def test_segmentation_crop_pads_labels_with_ignore():
+    from torchvision import tv_tensors
+    torch.manual_seed(0)
+    image = tv_tensors.Image(torch.randint(0, 255, (3, 40, 60), dtype=torch.uint8))
+    label = tv_tensors.Mask(torch.ones(40, 60, dtype=torch.int64))
+    x, y = segmentation_train_transform(crop_size=64, scale=40, ratio_range=(1.0, 1.0))(image, label)
+    assert x.shape == (3, 64, 64) and x.dtype == torch.float32 and y.shape == (64, 64)
+    assert set(y.unique().tolist()) == {1, 255}  # the shorter side is padded with the ignore index
