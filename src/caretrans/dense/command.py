@@ -42,6 +42,11 @@ def _recipe(args, task: str):
     return DenseRecipe.from_dict(values)
 
 
+def _is_primary() -> bool:
+    """Under torchrun, one process reports, not one per process."""
+    return int(os.environ.get('RANK', '0')) == 0
+
+
 def _print_metrics(metrics, as_json: bool):
     if as_json:
         print(json.dumps(metrics, indent=2))
@@ -60,7 +65,7 @@ def _run_train(args):
     recipe = _recipe(args, args.task)
     check_model_names([recipe.model])
     metrics = train(recipe, args.output, resume=args.resume, device=args.device, progress=not args.no_progress)
-    if int(os.environ.get('RANK', '0')) == 0:  # torchrun: one report, not one per process
+    if _is_primary():
         _print_metrics(metrics, args.json)
 
 
@@ -75,7 +80,9 @@ def _run_eval(args):
         recipe = load_recipe(args.recipe)
         recipe = dataclasses.replace(recipe, **{k: v for k, v in (('data', args.data), ('val_split', args.val_split))
                                                  if v})
-    _print_metrics(evaluate_checkpoint(args.checkpoint, recipe, device=args.device), args.json)
+    metrics = evaluate_checkpoint(args.checkpoint, recipe, device=args.device)
+    if _is_primary():
+        _print_metrics(metrics, args.json)
 
 
 def _run_synth(args):
