@@ -79,10 +79,10 @@ class DenseRecipe:
 # batch 24 (2 per GPU on 12 GPUs). The weight decay is not given: 0.05 as in mmdetection's
 # configs for efficient backbones.
 COCO = dict(task='det', norm='frozen', batch_size=2)
-# Section 4.3: Semantic FPN, AdamW lr 2e-4, poly decay, batch 48. 40k iterations at batch 32
-# is mmsegmentation's Semantic FPN schedule; here: 127 epochs of ADE20K's 20210 images at batch 48.
+# Section 4.3: Semantic FPN, AdamW lr 2e-4, poly decay, batch 48. The length is not given:
+# mmsegmentation's 40k iterations, at batch 48 that is 95 epochs of ADE20K's 20210 images.
 ADE20K = dict(task='seg', norm='sync', batch_size=8, train_split='training', val_split='validation',
-              sched='poly', epochs=127, weight_decay=1e-4, warmup_iters=0, min_size=512, max_size=2048)
+              sched='poly', epochs=95, weight_decay=1e-4, warmup_iters=0, min_size=512, max_size=2048)
 # The synthetic shapes (dense/synthetic.py) on a CPU: compact heads, a higher lr, a few epochs.
 SHAPES_DET = dict(
     task='det', norm='frozen', train_split='training', val_split='validation', min_size=128, max_size=128,
