@@ -39,7 +39,7 @@ class FashionMNIST(Dataset):
     """Fashion-MNIST (28x28 grayscale, 10 classes); 'val' is the 10,000 test images."""
 
     classes = FASHION_MNIST_CLASSES
-    in_chans = 1
+    in_chans, native_size = 1, 28
     # Statistics of the training images, for normalisation.
     mean, std = (0.2860,), (0.3530,)
 
@@ -83,7 +83,7 @@ class ImageFolderSafe(Dataset):
     file cannot stop a run hours in.
     """
 
-    in_chans = 3
+    in_chans, native_size = 3, None
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
     def __init__(self, root: Path, transform: Optional[Callable] = None):
@@ -141,8 +141,8 @@ class SyntheticImages(Dataset):
     def __init__(self, split: str = 'train', transform: Optional[Callable] = None, num_classes: int = 10,
                  image_size: int = 32, length: Optional[int] = None, seed: int = 0):
         self.classes = tuple(f'class_{i}' for i in range(num_classes))
-        self.length = length if length is not None else (256 if split == 'train' else 64)
-        self.image_size = image_size
+        self.length = length if length is not None else (128 if split == 'train' else 64)
+        self.native_size = image_size
         self.transform = transform
         self.seed = seed + (0 if split == 'train' else 1_000_003)
         generator = torch.Generator().manual_seed(seed)
@@ -154,9 +154,11 @@ class SyntheticImages(Dataset):
         return self.length
 
     def __getitem__(self, index: int):
+        if not 0 <= index < self.length:
+            raise IndexError(f'index {index} out of range for {self.length} synthetic images')
         generator = torch.Generator().manual_seed(self.seed + index)
         label = int(torch.randint(len(self.classes), (1,), generator=generator))
-        noise = 0.15 * torch.randn(3, self.image_size, self.image_size, generator=generator)
+        noise = 0.15 * torch.randn(3, self.native_size, self.native_size, generator=generator)
         pixels = ((self.patterns[label] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
         image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
         if self.transform is not None:
@@ -184,4 +186,5 @@ def create_dataset(data: str, split: str, transform: Optional[Callable] = None, 
 
 def dataset_info(dataset: Dataset) -> Dict[str, object]:
     """What a model and its transforms need to know about a dataset."""
-    return dict(num_classes=len(dataset.classes), in_chans=dataset.in_chans, mean=dataset.mean, std=dataset.std)
+    return dict(num_classes=len(dataset.classes), classes=list(dataset.classes), in_chans=dataset.in_chans,
+                mean=dataset.mean, std=dataset.std, native_size=dataset.native_size)

@@ -1,0 +1,80 @@
+"""`caretrans validate`: top-1, top-5 and loss of a checkpoint with timm's evaluation transform."""
+import json
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser('validate', help='top-1/top-5/loss of a checkpoint (ours or released-format)')
+    p.add_argument('--model', '-m', default='care_s0', help='timm model name (default care_s0)')
+    p.add_argument('--checkpoint', required=True, help='our best.pth / last.pth, a released .pth.tar, or safetensors')
+    p.add_argument('--data', required=True, help="'fashion-mnist', 'synthetic' or a folder with a val/ sub-folder")
+    p.add_argument('--split', default='val', choices=['train', 'val'])
+    p.add_argument('--img-size', type=int, help='default: the one recorded in a run\'s recipe, else the data\'s')
+    p.add_argument('--crop-pct', type=float, help='default: the recorded one, else 0.875')
+    p.add_argument('--interpolation', default='bicubic')
+    p.add_argument('--num-classes', type=int, help="default: the data's (1000 for an ImageNet val folder)")
+    p.add_argument('--in-chans', type=int, help="default: the data's")
+    p.add_argument('-b', '--batch-size', type=int, default=128)
+    p.add_argument('-j', '--workers', type=int, default=2)
+    p.add_argument('--device', help='default: cuda if available, else cpu')
+    p.add_argument('--amp', action='store_true', help='bfloat16 autocast')
+    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--json', action='store_true', help='print JSON')
+    p.set_defaults(func=run)
+
+
+def _recorded_recipe(checkpoint_path):
+    """The recipe.yaml saved beside one of our checkpoints, if any."""
+    from pathlib import Path
+
+    import yaml
+
+    beside = Path(checkpoint_path).parent / 'recipe.yaml'
+    return yaml.safe_load(beside.read_text()) if beside.is_file() else {}
+
+
+def run(args):
+    import contextlib
+    import functools
+
+    import timm
+    import torch
+
+    from ..data import create_dataset, dataset_info
+    from ..data.loader import build_transform, create_eval_loader, default_img_size
+    from ..models.checkpoint import load_checkpoint
+    from ..train.distributed import DistributedContext
+    from ..train.engine import evaluate
+    from .common import check_model_names
+
+    check_model_names([args.model])
+    recorded = _recorded_recipe(args.checkpoint)
+    info = dataset_info(create_dataset(args.data, args.split))
+    img_size = args.img_size or recorded.get('img_size') or default_img_size(info['native_size'])
+    crop_pct = args.crop_pct or recorded.get('crop_pct') or 0.875
+    num_classes = args.num_classes or info['num_classes']
+    in_chans = args.in_chans or recorded.get('in_chans') or info['in_chans']
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+
+    model = timm.create_model(args.model, num_classes=num_classes, in_chans=in_chans)
+    load_checkpoint(model, args.checkpoint)
+    model = model.to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    transform = build_transform(False, img_size, info['mean'], info['std'], crop_pct=crop_pct,
+                                interpolation=args.interpolation)
+    dataset = create_dataset(args.data, args.split, transform)
+    autocast = (functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+                if args.amp else contextlib.nullcontext)
+    result = evaluate(model, create_eval_loader(dataset, args.batch_size, workers=args.workers),
+                      DistributedContext(0, 1, 0, device), autocast, args.channels_last)
+    result.update(model=args.model, checkpoint=str(args.checkpoint), data=args.data, split=args.split,
+                  img_size=img_size, crop_pct=crop_pct, interpolation=args.interpolation)
+    if getattr(dataset, 'num_bad_images', 0):
+        result['bad_images'] = dataset.num_bad_images
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f'{args.model} {args.checkpoint} on {args.data} {args.split} ({result["count"]} images, '
+              f'{img_size}px, crop {crop_pct}, {args.interpolation}): top-1 {result["top1"]:.2f}%, '
+              f'top-5 {result["top5"]:.2f}%, loss {result["loss"]:.4f}')
+    return 0

@@ -1,0 +1,107 @@
+"""Transforms (timm's) and loaders whose batches are sharded across ranks block by block."""
+import math
+from typing import Iterator, Optional, Sequence
+
+import torch
+from PIL import Image, ImageOps
+from timm.data import create_transform
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = ['default_img_size', 'build_transform', 'BlockShardSampler', 'create_train_loader', 'create_eval_loader']
+
+
+def default_img_size(native_size: Optional[int]) -> int:
+    """ImageNet's 224, or for low-resolution data the next multiple of 32 and at least 64, so that
+    the 32x downsampling network keeps 2x2 positions in its last stage."""
+    if native_size is None:
+        return 224
+    return max(64, 32 * math.ceil(native_size / 32))
+
+
+def build_transform(training: bool, img_size: int, mean: Sequence[float], std: Sequence[float],
+                    scale=(0.08, 1.0), hflip: float = 0.5, aa: Optional[str] = None, color_jitter: float = 0.0,
+                    reprob: float = 0.0, crop_pct: float = 0.875, interpolation: str = 'bicubic'):
+    """timm's training transform (random-resized crop, flip, RandAugment, jitter, erasing) or its
+    evaluation transform (resize to img_size / crop_pct, centre crop)."""
+    if training:
+        transform = create_transform(
+            img_size, is_training=True, scale=tuple(scale), hflip=hflip, auto_augment=aa,
+            color_jitter=color_jitter, interpolation=interpolation, mean=tuple(mean), std=tuple(std),
+            re_prob=reprob, re_mode='pixel', re_count=1)
+        for t in getattr(transform, 'transforms', ()):
+            for op in getattr(t, 'ops', ()):
+                if op.name.startswith('Posterize'):
+                    op.aug_fn = _posterize
+        return transform
+    return create_transform(img_size, is_training=False, interpolation=interpolation, crop_pct=crop_pct,
+                            mean=tuple(mean), std=tuple(std))
+
+
+def _posterize(image: Image.Image, bits: int, **_) -> Image.Image:
+    """RandAugment's posterize as the paper ran it: at magnitude 10 'inc1' keeps 0 bits, a black
+    image, which Pillow >= 11 refuses (ValueError) instead of computing."""
+    if bits >= 8:
+        return image
+    if bits <= 0:
+        return Image.new(image.mode, image.size)
+    return ImageOps.posterize(image, bits)
+
+
+class BlockShardSampler(Sampler[int]):
+    """Shuffled training indices, dealt to ranks one batch-sized block at a time.
+
+    Rank r of W takes blocks r, r + W, r + 2W, ... of the epoch's permutation, so W ranks with
+    batch b compute exactly what one process computes with batch b and W accumulation steps
+    (BatchNorm included). The tail is dropped so that every rank runs the same number of
+    `steps` of `accum` batches. `set_epoch(epoch, start_batch)` reshuffles deterministically and
+    can start mid-epoch, for an exact resume.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, accum: int = 1,
+                 seed: int = 0, shuffle: bool = True):
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.rank, self.world_size, self.accum = rank, world_size, accum
+        self.seed, self.shuffle = seed, shuffle
+        self.steps = num_samples // (batch_size * world_size * accum)
+        if self.steps == 0:
+            raise ValueError(f'{num_samples} training samples do not fill one step of {batch_size} x {accum} '
+                             f'accumulation x {world_size} process(es); use a smaller batch')
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0):
+        self.epoch, self.start_batch = epoch, start_batch
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.steps * self.accum
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.num_samples)
+        b, w = self.batch_size, self.world_size
+        for i in range(self.start_batch, self.batches_per_epoch):
+            block = (i * w + self.rank) * b
+            yield from order[block:block + b].tolist()
+
+
+def create_train_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, accum: int = 1,
+                        seed: int = 0, workers: int = 0, collate_fn=None, pin_memory: bool = False) -> DataLoader:
+    """Training batches through a BlockShardSampler; workers are seeded from (seed, epoch, rank) by
+    `loader.generator`, which the trainer reseeds every epoch."""
+    sampler = BlockShardSampler(len(dataset), batch_size, rank, world_size, accum, seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
+                      pin_memory=pin_memory, drop_last=False, generator=torch.Generator(),
+                      persistent_workers=False)
+
+
+def create_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, workers: int = 0,
+                       pin_memory: bool = False) -> DataLoader:
+    """Every sample exactly once across ranks (rank r takes r, r + W, ...); no padding, so counts are exact."""
+    indices = range(rank, len(dataset), world_size)
+    return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+                      num_workers=workers, pin_memory=pin_memory)

@@ -1,0 +1,304 @@
+"""`train(recipe, run_dir)`: data, model, loss, optimiser, schedule, then epochs with checkpoints."""
+import contextlib
+import functools
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import timm
+import torch
+from timm.data import Mixup
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+
+from ..data import create_dataset, dataset_info
+from ..data.loader import build_transform, create_eval_loader, create_train_loader, default_img_size
+from ..models.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from .checkpointing import (
+    GracefulStop, capture_rng_state, load_training_state, restore_rng_state, save_training_state,
+)
+from .distributed import DistributedContext, cleanup_distributed, setup_distributed
+from .engine import TrainingDiverged, evaluate, train_one_epoch
+from .loss import DistillationLoss, base_criterion
+from .metrics import MetricsLogger
+from .recipe import Recipe
+
+__all__ = ['train', 'TrainResult', 'TrainingDiverged', 'RESUMABLE_FIELDS']
+
+_logger = logging.getLogger(__name__)
+
+# Recipe fields a resumed run may change: they do not alter what is computed.
+RESUMABLE_FIELDS = ('workers',)
+
+
+@dataclass
+class TrainResult:
+    status: str                 # 'finished' or the name of the signal that stopped the run
+    epoch: int                  # epochs completed
+    global_step: int
+    metrics: Dict[str, Any]     # the last evaluation (top1, top5, loss)
+    best_top1: float
+    run_dir: Path
+    model: torch.nn.Module      # the trained model (not the EMA), unwrapped from DDP
+    img_size: int
+
+
+def train(recipe: Recipe, run_dir, resume: Optional[str] = None, device: Optional[str] = None,
+          progress: bool = True, tensorboard: bool = False) -> TrainResult:
+    """Run `recipe`, writing checkpoints, metrics and curves into `run_dir` (rank 0 only)."""
+    ctx = setup_distributed(device)
+    try:
+        return _train(recipe, Path(run_dir), resume, ctx, progress, tensorboard)
+    finally:
+        cleanup_distributed()
+
+
+def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: DistributedContext,
+           progress: bool, tensorboard: bool) -> TrainResult:
+    _seed_everything(recipe.seed + ctx.rank, recipe.deterministic)
+    state = _read_resume_state(resume, recipe) if resume else None
+
+    # Data: datasets, timm transforms, block-sharded loaders, mixup/cutmix.
+    info = dataset_info(create_dataset(recipe.data, 'val'))
+    img_size = recipe.img_size or default_img_size(info['native_size'])
+    num_classes = recipe.num_classes or info['num_classes']
+    in_chans = recipe.in_chans or info['in_chans']
+    train_set = create_dataset(recipe.data, 'train', _transform(recipe, info, img_size, training=True))
+    val_set = create_dataset(recipe.data, 'val', _transform(recipe, info, img_size, training=False))
+    train_loader = create_train_loader(train_set, recipe.batch_size, ctx.rank, ctx.world_size,
+                                       recipe.grad_accum_steps, recipe.seed, recipe.workers,
+                                       pin_memory=ctx.device.type == 'cuda')
+    val_loader = create_eval_loader(val_set, recipe.batch_size, ctx.rank, ctx.world_size, recipe.workers)
+    mixup_fn = _mixup(recipe, num_classes)
+
+    # Model (and EMA, teacher), loss, optimiser and schedule.
+    model = timm.create_model(recipe.model, num_classes=num_classes, in_chans=in_chans,
+                              drop_path_rate=recipe.drop_path).to(ctx.device)
+    if recipe.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    teacher = _teacher(recipe, num_classes, in_chans, ctx.device)
+    loss_fn = DistillationLoss(base_criterion(mixup_fn is not None, recipe.smoothing), teacher)
+    lr = recipe.scaled_lr(ctx.world_size)
+    optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=lr, weight_decay=recipe.weight_decay)
+    steps_per_epoch = train_loader.sampler.steps
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=recipe.sched, num_epochs=recipe.epochs, warmup_epochs=recipe.warmup_epochs,
+        warmup_lr=recipe.warmup_lr, min_lr=recipe.min_lr, step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+    ema = ModelEmaV3(model, decay=recipe.model_ema_decay) if recipe.model_ema else None
+    autocast, scaler = _amp(recipe, ctx.device)
+
+    epoch, start_batch, global_step, best_top1, epoch_loss = 0, 0, 0, float('-inf'), (0.0, 0)
+    if state is not None:
+        epoch, start_batch, global_step, best_top1, epoch_loss = _restore(
+            state, model, ema, optimizer, scheduler, scaler)
+    ddp_model = _distribute(model, recipe, ctx)
+
+    metrics_log = MetricsLogger(run_dir, enabled=ctx.is_primary)
+    writer = _tensorboard(run_dir) if tensorboard and ctx.is_primary else None
+    if ctx.is_primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        recipe.save(run_dir / 'recipe.yaml')
+        metrics_log.truncate('epoch', epoch)
+        print(f'{recipe.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, '
+              f'{len(train_set)} training / {len(val_set)} validation images at {img_size}x{img_size}, '
+              f'{num_classes} classes, {in_chans} channel(s); global batch '
+              f'{recipe.global_batch(ctx.world_size)} on {ctx.world_size} process(es), lr {lr:.3g}', flush=True)
+
+    def checkpoint(name: str, epoch: int, batch: int, epoch_loss=(0.0, 0)):
+        if ctx.is_primary:
+            save_training_state(run_dir / name, dict(
+                model=model.state_dict(), ema=ema.module.state_dict() if ema is not None else None,
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict() if scaler is not None else None,
+                epoch=epoch, batch=batch, global_step=global_step, best_top1=best_top1, epoch_loss=list(epoch_loss),
+                rng=capture_rng_state(), recipe=recipe.to_dict(), model_name=recipe.model))
+
+    last_eval: Dict[str, Any] = {}
+    with GracefulStop() as stop:
+        while epoch < recipe.epochs:
+            train_loader.sampler.set_epoch(epoch, start_batch)
+            train_loader.generator.manual_seed(recipe.seed * 100_003 + epoch * 1009 + ctx.rank)
+            bar = _progress_bar(progress and ctx.is_primary, epoch, recipe.epochs,
+                                train_loader.sampler.batches_per_epoch, start_batch)
+            try:
+                result = train_one_epoch(
+                    ddp_model, train_loader, loss_fn, optimizer, scheduler, ctx, epoch, start_batch,
+                    recipe.grad_accum_steps, global_step, mixup_fn, ema, scaler, autocast, recipe.clip_grad,
+                    recipe.channels_last, stop, bar,
+                    on_step=_tensorboard_step(writer, optimizer), loss_sum=epoch_loss[0], loss_count=epoch_loss[1])
+            except TrainingDiverged as e:
+                raise TrainingDiverged(f'{e}; the last good checkpoint is {run_dir / "last.pth"}') from None
+            finally:
+                if bar is not None:
+                    bar.close()
+            global_step += (result.next_batch - start_batch) // recipe.grad_accum_steps
+            epoch_loss = (0.0, 0)
+            if result.stopped:
+                checkpoint('last.pth', epoch, result.next_batch, (result.loss_sum, result.loss_count))
+                if ctx.is_primary:
+                    print(f'stopped by {stop.signal or "a signal on another rank"} at epoch {epoch}, batch '
+                          f'{result.next_batch}; resume with --resume {run_dir / "last.pth"}', flush=True)
+                return TrainResult(stop.signal or 'stopped', epoch, global_step, last_eval, best_top1, run_dir,
+                                   model, img_size)
+
+            _sync_buffers(model, ctx)
+            last_eval = evaluate(model, val_loader, ctx, autocast, recipe.channels_last,
+                                 num_classes=num_classes if num_classes <= 50 else None)
+            record = dict(epoch=epoch, train_loss=result.loss, lr=optimizer.param_groups[0]['lr'],
+                          val_loss=last_eval['loss'], val_top1=last_eval['top1'], val_top5=last_eval['top5'],
+                          train_img_s=result.images_per_s)
+            top1 = last_eval['top1']
+            if ema is not None:
+                ema_eval = evaluate(ema.module, val_loader, ctx, autocast, recipe.channels_last)
+                record.update(ema_val_top1=ema_eval['top1'], ema_val_loss=ema_eval['loss'])
+                top1 = ema_eval['top1']  # as timm: the EMA's accuracy picks the best checkpoint
+            bad_images = getattr(train_set, 'num_bad_images', 0) + getattr(val_set, 'num_bad_images', 0)
+            if bad_images:
+                record['bad_images'] = bad_images
+            epoch, start_batch = epoch + 1, 0
+            if top1 > best_top1:
+                best_top1 = top1
+                if ctx.is_primary:
+                    best = ema.module if ema is not None and top1 == record.get('ema_val_top1') else model
+                    save_atomic(dict(state_dict=best.state_dict(), epoch=epoch, top1=top1,
+                                     model_name=recipe.model), run_dir / 'best.pth')
+            checkpoint('last.pth', epoch, 0)
+            metrics_log.log(record)
+            if writer is not None:
+                for key, value in record.items():
+                    writer.add_scalar(f'epoch/{key}', value, epoch)
+            if ctx.is_primary:
+                metrics_log.plot()
+                print(f'epoch {epoch - 1}: train loss {result.loss:.4f}, val loss {last_eval["loss"]:.4f}, '
+                      f'top-1 {last_eval["top1"]:.2f}%, top-5 {last_eval["top5"]:.2f}%, '
+                      f'{result.images_per_s:.0f} img/s' + (f', {bad_images} unreadable image(s) skipped'
+                                                             if bad_images else ''), flush=True)
+    if writer is not None:
+        writer.close()
+    return TrainResult('finished', epoch, global_step, last_eval, best_top1, run_dir, model, img_size)
+
+
+def _seed_everything(seed: int, deterministic: bool):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _transform(recipe: Recipe, info: Dict[str, Any], img_size: int, training: bool):
+    return build_transform(training, img_size, info['mean'], info['std'], recipe.scale, recipe.hflip,
+                           None if recipe.aa in (None, 'none') else recipe.aa, recipe.color_jitter, recipe.reprob,
+                           recipe.crop_pct)
+
+
+def _mixup(recipe: Recipe, num_classes: int) -> Optional[Mixup]:
+    if recipe.mixup <= 0 and recipe.cutmix <= 0:
+        return None
+    if recipe.batch_size % 2:
+        raise ValueError(f'mixup/cutmix pair up images: --batch-size {recipe.batch_size} must be even')
+    return Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.smoothing,
+                 num_classes=num_classes)
+
+
+def _teacher(recipe: Recipe, num_classes: int, in_chans: int, device: torch.device):
+    if recipe.teacher is None:
+        if recipe.teacher_checkpoint is not None:
+            raise ValueError('--teacher-checkpoint needs --teacher MODEL')
+        return None
+    teacher = timm.create_model(recipe.teacher, num_classes=num_classes, in_chans=in_chans)
+    if recipe.teacher_checkpoint is not None:
+        load_checkpoint(teacher, recipe.teacher_checkpoint)
+    return teacher.to(device).eval()
+
+
+def _amp(recipe: Recipe, device: torch.device):
+    """An autocast context factory and, for float16 on CUDA only, a gradient scaler."""
+    if not recipe.amp:
+        return contextlib.nullcontext, None
+    dtype = {'bfloat16': torch.bfloat16, 'float16': torch.float16}.get(recipe.amp_dtype)
+    if dtype is None:
+        raise ValueError(f"--amp-dtype must be 'bfloat16' or 'float16', got {recipe.amp_dtype!r}")
+    if dtype == torch.float16 and device.type != 'cuda':
+        raise ValueError('float16 autocast needs CUDA; use --amp-dtype bfloat16 on CPU')
+    scaler = torch.amp.GradScaler('cuda') if dtype == torch.float16 else None
+    return functools.partial(torch.autocast, device_type=device.type, dtype=dtype), scaler
+
+
+def _distribute(model: torch.nn.Module, recipe: Recipe, ctx: DistributedContext) -> torch.nn.Module:
+    if not ctx.is_distributed:
+        return model
+    if recipe.sync_bn:
+        if ctx.device.type != 'cuda':
+            raise ValueError('--sync-bn needs CUDA (PyTorch synchronises BatchNorm on GPUs only)')
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [ctx.device] if ctx.device.type == 'cuda' else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _sync_buffers(model: torch.nn.Module, ctx: DistributedContext):
+    """Give every rank rank 0's BatchNorm statistics (DDP does so before each forward, not after the last)."""
+    if ctx.is_distributed:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
+def _read_resume_state(path: str, recipe: Recipe) -> Dict[str, Any]:
+    """The training state to resume from, refused with a clear message if it is of another run."""
+    state = load_training_state(path)
+    missing = {'model', 'optimizer', 'scheduler', 'epoch', 'batch', 'rng', 'recipe'} - set(state)
+    if missing:
+        raise CheckpointError(f'{path} is not a caretrans training state (no {", ".join(sorted(missing))}); '
+                              'to start from weights only, this is not --resume')
+    if state['recipe'].get('model') != recipe.model:
+        raise CheckpointError(f'{path} is a checkpoint of {state["recipe"].get("model")!r}, '
+                              f'not of {recipe.model!r}')
+    ours = recipe.to_dict()
+    changed = [f'{k}: {state["recipe"].get(k)!r} -> {ours.get(k)!r}'
+               for k in sorted(set(ours) | set(state['recipe']))
+               if k not in RESUMABLE_FIELDS and state['recipe'].get(k) != ours.get(k)]
+    if changed:
+        raise CheckpointError(f'{path} was trained with another recipe; resuming would not continue that run. '
+                              f'Differences: ' + '; '.join(changed))
+    return state
+
+
+def _restore(state, model, ema, optimizer, scheduler, scaler):
+    model.load_state_dict(state['model'])
+    if ema is not None and state.get('ema') is not None:
+        ema.module.load_state_dict(state['ema'])
+    optimizer.load_state_dict(state['optimizer'])
+    scheduler.load_state_dict(state['scheduler'])
+    if scaler is not None and state.get('scaler') is not None:
+        scaler.load_state_dict(state['scaler'])
+    restore_rng_state(state['rng'])
+    return state['epoch'], state['batch'], state['global_step'], state['best_top1'], tuple(state['epoch_loss'])
+
+
+def _progress_bar(enabled: bool, epoch: int, epochs: int, total: int, start: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=start, desc=f'epoch {epoch + 1}/{epochs}', unit='batch', dynamic_ncols=True,
+                mininterval=2.0)
+
+
+def _tensorboard(run_dir: Path):
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(run_dir / 'tensorboard'))
+
+
+def _tensorboard_step(writer, optimizer):
+    if writer is None:
+        return None
+
+    def log(step: int, loss: float):
+        writer.add_scalar('train/loss', loss, step)
+        writer.add_scalar('train/lr', optimizer.param_groups[0]['lr'], step)
+    return log

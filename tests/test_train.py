@@ -1,0 +1,202 @@
+"""Training: recipe and flags, distillation loss, a short run that learns, checkpoints, NaN stop, validate."""
+import dataclasses
+import json
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from caretrans.cli import build_parser, main as cli_main
+from caretrans.cli.train import build_recipe
+from caretrans.models.checkpoint import CheckpointError, load_checkpoint
+from caretrans.train.checkpointing import load_training_state
+from caretrans.train.engine import TrainingDiverged
+from caretrans.train.loss import DistillationLoss, base_criterion
+from caretrans.train.recipe import Recipe, load_recipe
+from caretrans.train.trainer import train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread even in a serial run: on shared cores a second thread costs more than it gives."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# A few seconds of training: 128 synthetic 32x32 images, 8 steps of 16 per epoch, no augmentation.
+TINY = dict(data='synthetic', img_size=32, batch_size=16, workers=0, epochs=3, warmup_epochs=0, lr=2e-3,
+            drop_path=0.0, scale=(1.0, 1.0), hflip=0.0, aa=None, color_jitter=0.0, reprob=0.0, mixup=0.0,
+            cutmix=0.0, smoothing=0.0, crop_pct=1.0)
+
+
+def test_recipe_defaults_are_the_papers():
+    r = Recipe()
+    assert (r.opt, r.weight_decay, r.sched, r.epochs, r.warmup_epochs) == ('adamw', 0.05, 'cosine', 300, 5)
+    assert (r.aa, r.mixup, r.cutmix, r.reprob, r.color_jitter, r.smoothing, r.drop_path) == (
+        'rand-m9-mstd0.5-inc1', 0.8, 1.0, 0.25, 0.4, 0.1, 0.1)
+    assert r.scaled_lr(world_size=12) == pytest.approx(2e-3)  # 128 x 12 GPUs = 1536
+    assert dataclasses.replace(r, batch_size=64, grad_accum_steps=2).scaled_lr(1) == pytest.approx(2e-3 * 128 / 1536)
+    assert Recipe.from_dict(__import__('yaml').safe_load(r.to_yaml())) == r
+
+
+def test_flags_follow_timm_and_override_the_preset(tmp_path):
+    args = build_parser().parse_args([
+        'train', '--recipe', 'fashion-mnist-quick', '-b', '64', '--lr', '1e-3', '--epochs', '2', '--model-ema',
+        '--amp', '--drop-path', '0.2', '--smoothing', '0', '--aa', 'none', '--reprob', '0.1', '--scale', '0.5', '1',
+        '--warmup-epochs', '1', '--weight-decay', '0.01', '--seed', '3', '--workers', '0', '--no-channels-last'])
+    r = build_recipe(args)
+    assert (r.data, r.img_size, r.batch_size, r.lr, r.epochs, r.model_ema, r.amp) == (
+        'fashion-mnist', 32, 64, 1e-3, 2, True, True)
+    assert (r.drop_path, r.smoothing, r.reprob, r.scale, r.channels_last, r.seed) == (0.2, 0.0, 0.1, (0.5, 1.0), False, 3)
+    (tmp_path / 'r.yaml').write_text(r.to_yaml())
+    assert load_recipe(str(tmp_path / 'r.yaml')) == r
+    (tmp_path / 'bad.yaml').write_text('lr: 1\nlearning_rate: 2\n')
+    with pytest.raises(ValueError, match='unknown recipe field.*learning_rate'):
+        load_recipe(str(tmp_path / 'bad.yaml'))
+
+
+def test_no_weight_decay_on_norms_biases_and_layer_scales():
+    from timm.optim import create_optimizer_v2
+    model = timm.create_model('care_s0', num_classes=10)
+    opt = create_optimizer_v2(model, opt='adamw', lr=1e-3, weight_decay=0.05)
+    decayed = {id(p) for g in opt.param_groups if g['weight_decay'] > 0 for p in g['params']}
+    for name, p in model.named_parameters():
+        no_decay = p.ndim <= 1 or name.endswith('layer_scale')
+        assert (id(p) not in decayed) == no_decay, name
+
+
+def test_distillation_loss_is_deits_hard_distillation():
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    images, targets = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 3])
+    head, head_dist = torch.randn(4, 5, requires_grad=True), torch.randn(4, 5, requires_grad=True)
+    loss_fn = DistillationLoss(base_criterion(False, 0.1), teacher).train()
+    loss = loss_fn(images, (head, head_dist), targets)
+    teacher_labels = teacher(images).argmax(1)
+    smoothed = 0.9 * F.cross_entropy(head, targets) + 0.1 * -F.log_softmax(head, 1).mean(1).mean()
+    assert loss.item() == pytest.approx(0.5 * smoothed.item() + 0.5 * F.cross_entropy(head_dist, teacher_labels).item())
+    loss.backward()
+    assert not teacher.training and all(p.grad is None for p in teacher.parameters())
+    # Without a teacher both heads learn the labels.
+    plain = DistillationLoss(torch.nn.CrossEntropyLoss())
+    assert plain(images, (head, head_dist), targets).item() == pytest.approx(
+        (F.cross_entropy(head, targets) + F.cross_entropy(head_dist, targets)).item() / 2)
+    with pytest.raises(ValueError, match='distillation head'):
+        loss_fn(images, head, targets)
+
+
+def test_short_run_learns_and_checkpoints_roundtrip(tmp_path):
+    recipe = Recipe(**TINY)
+    result = train(recipe, tmp_path / 'run', progress=False)
+    records = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in records] == [0, 1, 2]
+    assert records[-1]['train_loss'] < 0.5 * records[0]['train_loss']
+    # 24 steps: BatchNorm's running statistics lag at first, so judge the last epoch.
+    assert result.metrics['top1'] >= 75.0 and result.best_top1 == max(r['val_top1'] for r in records)
+    for name in ('recipe.yaml', 'metrics.csv', 'curves.png', 'best.pth', 'last.pth'):
+        assert (tmp_path / 'run' / name).is_file(), name
+    assert load_recipe(str(tmp_path / 'run' / 'recipe.yaml')) == recipe
+    state = load_training_state(tmp_path / 'run' / 'last.pth')
+    assert (state['epoch'], state['batch'], state['global_step']) == (3, 0, 24)
+    assert {'model', 'ema', 'optimizer', 'scheduler', 'scaler', 'rng', 'recipe'} <= set(state)
+    # Our checkpoints load back into a fresh model through the public loader and validate the same.
+    fresh = load_checkpoint(timm.create_model('care_s0', num_classes=10), tmp_path / 'run' / 'last.pth')
+    for k, v in result.model.state_dict().items():
+        if not k.endswith('num_batches_tracked'):  # a counter the loader leaves alone
+            assert torch.equal(fresh.state_dict()[k], v.cpu()), k
+
+
+def test_validate_cli_on_our_checkpoint(tmp_path, capsys):
+    recipe = Recipe(**dict(TINY, epochs=1))
+    result = train(recipe, tmp_path / 'run', progress=False)
+    capsys.readouterr()
+    assert cli_main(['validate', '--model', 'care_s0', '--checkpoint', str(tmp_path / 'run' / 'last.pth'),
+                     '--data', 'synthetic', '-j', '0', '--json']) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out['img_size'], out['crop_pct'], out['count']) == (32, 1.0, 64)  # from the run's recipe.yaml
+    assert out['top1'] == pytest.approx(result.metrics['top1']) and out['loss'] == pytest.approx(result.metrics['loss'])
+
+
+def test_validate_cli_on_a_released_checkpoint(official_dir, capsys):
+    path = official_dir / 'care_s0_official_format.pth'
+    assert cli_main(['validate', '--checkpoint', str(path), '--data', 'synthetic', '--num-classes', '1000',
+                     '--img-size', '64', '-j', '0', '--json']) == 0
+    out = json.loads(capsys.readouterr().out)
+    # The same numbers as timm's pretrained loading of the released file.
+    from caretrans.data import create_dataset
+    from caretrans.data.loader import build_transform
+    model = timm.create_model('care_s0', pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    ds = create_dataset('synthetic', 'val', build_transform(False, 64, (0.5,) * 3, (0.25,) * 3))
+    images, labels = map(torch.stack, zip(*[(x, torch.tensor(y)) for x, y in ds]))
+    with torch.no_grad():
+        logits = model(images)
+    assert out['loss'] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert out['top1'] == pytest.approx(100 * (logits.argmax(1) == labels).float().mean().item())
+
+
+def test_corrupt_images_are_skipped_and_counted_in_training(tmp_path, capsys):
+    for split in ('train', 'val'):
+        for c, colour in (('red', (255, 0, 0)), ('blue', (0, 0, 255))):
+            (tmp_path / 'data' / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.new('RGB', (36, 36), colour).save(tmp_path / 'data' / split / c / f'{i}.png')
+    (tmp_path / 'data' / 'train' / 'red' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+    recipe = Recipe(**dict(TINY, data=str(tmp_path / 'data'), batch_size=3, epochs=1))  # 9 files, 3 steps of 3: all read
+    result = train(recipe, tmp_path / 'run', progress=False)
+    assert result.status == 'finished'
+    record = json.loads((tmp_path / 'run' / 'metrics.jsonl').read_text())
+    assert record['bad_images'] == 1
+    assert '1 unreadable image(s) skipped' in capsys.readouterr().out
+
+
+def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    real_create = timm.create_model
+    calls = []
+
+    def create_poisoned(*args, **kwargs):
+        model = real_create(*args, **kwargs)
+
+        def poison(module, inputs, output):  # the 11th training forward (epoch 1, batch 2) returns NaN
+            if module.training:
+                calls.append(1)
+                if len(calls) == 11:
+                    return tuple(o * float('nan') for o in output)
+        model.register_forward_hook(poison)
+        return model
+
+    monkeypatch.setattr(timm, 'create_model', create_poisoned)
+    run = tmp_path / 'run'
+    argv = ['train', '--recipe', str(_write_recipe(tmp_path, epochs=2)), '--output', str(run), '--no-progress']
+    assert cli_main(argv) == 3
+    err = capsys.readouterr().err
+    assert 'not finite' in err and 'epoch 1, batch 2, optimiser step 11' in err and 'last.pth' in err
+    state = load_training_state(run / 'last.pth')
+    assert (state['epoch'], state['batch']) == (1, 0)
+    assert all(torch.isfinite(v).all() for v in state['model'].values() if v.is_floating_point())
+
+
+def _write_recipe(tmp_path, **changes):
+    path = tmp_path / 'recipe.yaml'
+    path.write_text(Recipe(**dict(TINY, **changes)).to_yaml())
+    return path
+
+
+def test_resume_refuses_another_model_or_recipe(tmp_path, capsys):
+    run = tmp_path / 'run'
+    assert cli_main(['train', '--recipe', str(_write_recipe(tmp_path, epochs=1)), '--output', str(run),
+                     '--no-progress']) == 0
+    last = str(run / 'last.pth')
+    base = ['train', '--recipe', str(tmp_path / 'recipe.yaml'), '--output', str(run), '--no-progress']
+    assert cli_main(base) == 2
+    assert 'already holds a run' in capsys.readouterr().err
+    assert cli_main(base + ['--resume', last, '--lr', '0.1']) == 2
+    err = capsys.readouterr().err
+    assert 'another recipe' in err and 'lr: 0.002 -> 0.1' in err
+    with pytest.raises(CheckpointError, match="checkpoint of 'care_s0', not of 'care_s1'"):
+        train(Recipe(**dict(TINY, model='care_s1', epochs=1)), run, resume=last, progress=False)
+    # A finished run resumed with more epochs? That changes the schedule: refused too.
+    with pytest.raises(CheckpointError, match='epochs: 1 -> 2'):
+        train(Recipe(**dict(TINY, epochs=2)), run, resume=last, progress=False)
