@@ -1,5 +1,6 @@
 """Exports: each artefact is checked against PyTorch, and a failed check is an error."""
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -47,7 +48,6 @@ def test_coreml_package_is_validated(fused, tmp_path):
     pytest.importorskip('coremltools')
     report = export_model(fused, 'coreml', tmp_path / 'm.mlpackage', img_size=64)
     assert (tmp_path / 'm.mlpackage' / 'Manifest.json').is_file()
-    import platform
     assert report['numerically_checked'] == (platform.system() == 'Darwin')
 
 

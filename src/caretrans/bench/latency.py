@@ -45,8 +45,9 @@ def create_model(name: str, fused: bool, num_classes: int = 1000) -> nn.Module:
     return reparameterize(model) if fused else model
 
 
-def make_runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, workdir: Path) -> Callable[[], None]:
-    """A no-argument callable running `model` once on `x` with `runtime` and `threads` threads."""
+def make_runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, onnx_path: Path) -> Callable[[], None]:
+    """A no-argument callable running `model` once on `x` with `runtime` and `threads` threads
+    (ONNX-based runtimes read the model exported to `onnx_path`)."""
     if runtime == 'eager':
         def run():
             with torch.inference_mode():
@@ -54,12 +55,11 @@ def make_runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, w
         return run
     from ..export.convert import export_onnx, onnx_session
 
-    path = Path(tempfile.mkstemp(suffix='.onnx', dir=workdir)[1])
     with torch.no_grad():
-        export_onnx(model, x, path)
+        export_onnx(model, x, onnx_path)
     feed = x.numpy()
     if runtime == 'onnxruntime':
-        session = onnx_session(path, threads)
+        session = onnx_session(onnx_path, threads)
         name = session.get_inputs()[0].name
         return lambda: session.run(None, {name: feed})
     if runtime == 'openvino':
@@ -67,7 +67,7 @@ def make_runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, w
             import openvino as ov
         except ImportError as e:
             raise ValueError('the openvino runtime needs the openvino package: pip install caretrans[openvino]') from e
-        compiled = ov.Core().compile_model(str(path), 'CPU', {'INFERENCE_NUM_THREADS': threads,
+        compiled = ov.Core().compile_model(str(onnx_path), 'CPU', {'INFERENCE_NUM_THREADS': threads,
                                                               'PERFORMANCE_HINT': 'LATENCY'})
         request = compiled.create_infer_request()
         return lambda: request.infer({0: feed})
@@ -127,7 +127,7 @@ def benchmark(models: Sequence[str], runtimes: Sequence[str], batch_size: int = 
                     stats[name] = dict(params_m=count_params(model) / 1e6,
                                        gmacs=count_macs(model, img_size) / 1e9, top1=PAPER_TOP1.get(name))
                 for runtime in runtimes:
-                    runners[len(entries)] = make_runner(model, runtime, x, threads, Path(tmp))
+                    runners[len(entries)] = make_runner(model, runtime, x, threads, Path(tmp) / f'{len(entries)}.onnx')
                     entries.append(Entry(name, variant, runtime))
         for key, times in time_interleaved(runners, rounds, iters).items():
             entries[key].times_ms = times

@@ -98,7 +98,7 @@ def run(args):
     checked = ', '.join(f'batch {b}: max |diff| {d:.2e}' for b, d in report['max_abs_diff'].items())
     print(f'wrote {report["output"]} ({args.format}, {"fused" if args.reparameterize else "un-fused"} {args.model})')
     print(f'checked against PyTorch: {checked}' if checked else
-          'Core ML cannot run on this OS: checked the saved program (input shape, conv count, logits output), '
+          'Core ML cannot run on this OS: checked the saved program (input shape, conv count, output shape), '
           'not its numbers')
     if 'int8' in report:
         q = report['int8']

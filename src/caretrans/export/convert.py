@@ -97,7 +97,7 @@ def export_coreml(model: nn.Module, x: torch.Tensor, output: Path):
 
 def check_coreml(model: nn.Module, output: Path, inputs: List[torch.Tensor]) -> Dict[int, float]:
     """On macOS, predictions against PyTorch; elsewhere Core ML cannot run, so the saved package is
-    read back and its program checked against the model: input shape, one conv per Conv2d, output width."""
+    read back and its program checked against the model: input shape, one conv per Conv2d, output shape."""
     import coremltools as ct
 
     x = inputs[0]
@@ -116,9 +116,10 @@ def check_coreml(model: nn.Module, output: Path, inputs: List[torch.Tensor]) -> 
     if ops.count('conv') != convs:
         raise ExportCheckError(f'Core ML program has {ops.count("conv")} conv ops, the model {convs} Conv2d')
     with torch.no_grad():
-        width = model(x).shape[1]
-    if spec.description.output[0].name != 'logits' or width <= 0:
-        raise ExportCheckError('Core ML program has no logits output')
+        expected = tuple(model(x).shape)
+    output_shape = tuple(spec.description.output[0].type.multiArrayType.shape)
+    if output_shape != expected:
+        raise ExportCheckError(f'Core ML output shape {output_shape} differs from PyTorch {expected}')
     return {}
 
 
