@@ -52,9 +52,8 @@ def _dw_conv(dim: int, kernel_size: Union[int, Tuple[int, int]]) -> nn.Conv2d:
 # drop-path are identities, so the fused model computes the same function with fewer ops.
 
 def _conv_like(weight: torch.Tensor, bias: torch.Tensor, **kwargs) -> nn.Conv2d:
-    """A Conv2d holding the given weight and bias (shapes define its channels and kernel)."""
-    groups = kwargs.get('groups', 1)
-    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), **kwargs)
+    """A dense Conv2d holding the given weight and bias (their shapes define channels and kernel)."""
+    conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), **kwargs)
     conv.weight = nn.Parameter(weight.detach().clone())
     conv.bias = nn.Parameter(bias.detach().clone())
     return conv
@@ -451,8 +450,8 @@ class CareTransformer(nn.Module):
         self.distilled_training = enable and self.head_dist is not None
 
     def reparameterize(self):
-        """Fuse the whole model for inference, in place: BatchNorms, layer scales and the token
-        mixers' convs into convs (each module's `reparameterize`), and the two heads into one."""
+        """Fuse the whole model for inference, in place: BatchNorms and layer scales into convs
+        (each module's `reparameterize`), and the two heads into one."""
         _check_eval(self)
         reparameterize_model(self, inplace=True)  # timm's walker calls each child's reparameterize()
         if self.head_dist is not None and self.num_classes > 0:
