@@ -80,3 +80,23 @@ def test_folder_without_split(tmp_path):
     (tmp_path / 'train' / 'a').mkdir(parents=True)
     with pytest.raises(ValueError, match='no val/ sub-folder'):
         create_dataset(str(tmp_path), 'val')
+
+
+def test_block_shard_sampler_deals_ranks_the_micro_batches_of_one_process():
+    from caretrans.data.loader import BlockShardSampler
+    single = BlockShardSampler(50, batch_size=4, accum=2, seed=7)
+    ranks = [BlockShardSampler(50, batch_size=4, rank=r, world_size=2, seed=7) for r in (0, 1)]
+    for s in [single] + ranks:
+        s.set_epoch(3)
+    blocks = list(single)
+    assert single.steps == 6 and len(blocks) == 48 and len(set(blocks)) == 48  # the tail of 2 is dropped
+    micro = [blocks[i:i + 4] for i in range(0, 48, 4)]
+    per_rank = [list(s) for s in ranks]
+    for step in range(6):
+        for r in (0, 1):
+            assert per_rank[r][4 * step:4 * step + 4] == micro[2 * step + r]
+    # Another epoch reshuffles; a resumed epoch starts at its batch.
+    single.set_epoch(4)
+    assert list(single) != blocks
+    single.set_epoch(3, start_batch=5)
+    assert list(single) == blocks[20:] and len(single) == 28

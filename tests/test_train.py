@@ -200,3 +200,18 @@ def test_resume_refuses_another_model_or_recipe(tmp_path, capsys):
     # A finished run resumed with more epochs? That changes the schedule: refused too.
     with pytest.raises(CheckpointError, match='epochs: 1 -> 2'):
         train(Recipe(**dict(TINY, epochs=2)), run, resume=last, progress=False)
+
+
+def test_training_with_a_teacher_checkpoint(tmp_path, capsys):
+    import pickle
+    from caretrans.models.checkpoint import save_atomic
+    teacher = timm.create_model('resnet18', num_classes=10)
+    save_atomic(teacher.state_dict(), tmp_path / 'teacher.safetensors')
+    run = ['train', '--recipe', str(_write_recipe(tmp_path, epochs=1)), '--no-progress', '--teacher', 'resnet18']
+    assert cli_main(run + ['--teacher-checkpoint', str(tmp_path / 'teacher.safetensors'),
+                           '--output', str(tmp_path / 'run')]) == 0
+    assert load_training_state(tmp_path / 'run' / 'last.pth')['recipe']['teacher'] == 'resnet18'
+    # A teacher file that would run code when unpickled is refused.
+    (tmp_path / 'evil.pth').write_bytes(pickle.dumps({'weights': print}))  # a global: code
+    assert cli_main(run + ['--teacher-checkpoint', str(tmp_path / 'evil.pth'), '--output', str(tmp_path / 'r2')]) == 2
+    assert 'refusing to unpickle' in capsys.readouterr().err

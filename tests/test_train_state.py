@@ -86,3 +86,11 @@ def test_single_process_context(monkeypatch):
     assert ctx.device == torch.device('cpu')
     assert all_reduce_mean(torch.tensor(2.5), ctx) == 2.5
     cleanup_distributed()
+
+
+def test_a_second_ctrl_c_does_not_wait():
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.signal == 'SIGINT'
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)

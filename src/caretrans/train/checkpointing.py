@@ -55,7 +55,8 @@ def load_training_state(path: os.PathLike) -> Dict[str, Any]:
 
 class GracefulStop:
     """Within `with GracefulStop() as stop:`, SIGTERM and SIGINT set `stop.requested` (and `stop.signal`)
-    instead of killing the process, so a loop can finish its step and save; handlers are restored on exit."""
+    instead of killing the process, so a loop can finish its step and save; a second SIGINT raises
+    KeyboardInterrupt. Handlers are restored on exit."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -65,6 +66,8 @@ class GracefulStop:
         self._previous = {}
 
     def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C does not wait for the step to end
         self.requested = True
         self.signal = signal.Signals(signum).name
 

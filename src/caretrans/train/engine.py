@@ -71,8 +71,9 @@ def train_one_epoch(
     images_seen = 0
     micro_losses = []
     start = time.perf_counter()
-    batch = start_batch
+    next_batch = start_batch  # stays put when a resumed epoch has no batches left
     for batch, (images, targets) in enumerate(loader, start=start_batch):
+        next_batch = batch + 1
         images, targets = images.to(ctx.device, non_blocking=True), targets.to(ctx.device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -128,8 +129,8 @@ def train_one_epoch(
         if on_step is not None:
             on_step(global_step, mean_loss)
         if stop:
-            return EpochResult(loss_sum, loss_count, _rate(images_seen, start, ctx), batch + 1, True)
-    return EpochResult(loss_sum, loss_count, _rate(images_seen, start, ctx), batch + 1, False)
+            return EpochResult(loss_sum, loss_count, _rate(images_seen, start, ctx), next_batch, True)
+    return EpochResult(loss_sum, loss_count, _rate(images_seen, start, ctx), next_batch, False)
 
 
 def _rate(images: int, start: float, ctx: DistributedContext) -> float:
