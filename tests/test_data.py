@@ -100,3 +100,15 @@ def test_block_shard_sampler_deals_ranks_the_micro_batches_of_one_process():
     assert list(single) != blocks
     single.set_epoch(3, start_batch=5)
     assert list(single) == blocks[20:] and len(single) == 28
+
+
+def test_loader_workers_leave_stop_signals_to_the_trainer():
+    import os
+    import signal
+    from caretrans.data.loader import create_train_loader
+    ds = create_dataset('synthetic', 'train', transform=lambda im: torch.zeros(1), length=32)
+    it = iter(create_train_loader(ds, batch_size=4, workers=1))
+    next(it)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # what Ctrl-C or a scheduler sends the process group
+        os.kill(it._workers[0].pid, sig)
+    assert sum(len(y) for _, y in it) == 28

@@ -1,5 +1,6 @@
 """Transforms (timm's) and loaders whose batches are sharded across ranks block by block."""
 import math
+import signal
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -89,6 +90,13 @@ class BlockShardSampler(Sampler[int]):
             yield from order[block:block + b].tolist()
 
 
+def _ignore_stop_signals(worker_id: int):
+    """Loader workers leave SIGINT/SIGTERM to the trainer, which stops cleanly (a Ctrl-C or a job
+    scheduler signals the whole process group); they still exit when the trainer does."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def create_train_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, accum: int = 1,
                         seed: int = 0, workers: int = 0, collate_fn=None, pin_memory: bool = False) -> DataLoader:
     """Training batches through a BlockShardSampler; workers are seeded from (seed, epoch, rank) by
@@ -96,7 +104,7 @@ def create_train_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_
     sampler = BlockShardSampler(len(dataset), batch_size, rank, world_size, accum, seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
                       pin_memory=pin_memory, drop_last=False, generator=torch.Generator(),
-                      persistent_workers=False)
+                      worker_init_fn=_ignore_stop_signals, persistent_workers=False)
 
 
 def create_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, workers: int = 0,
@@ -104,4 +112,4 @@ def create_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_s
     """Every sample exactly once across ranks (rank r takes r, r + W, ...); no padding, so counts are exact."""
     indices = range(rank, len(dataset), world_size)
     return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, pin_memory=pin_memory)
+                      num_workers=workers, pin_memory=pin_memory, worker_init_fn=_ignore_stop_signals)
