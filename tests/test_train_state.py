@@ -1,7 +1,6 @@
 """Training building blocks: RNG capture, atomic state files, signals, metrics log, distributed context."""
 import csv
 import json
-import os
 import random
 import subprocess
 import sys
