@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/caretrans train --recipe fashion-mnist-quick --threads 1 --output runs/fashion-mnist-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/caretrans train --recipe fashion-mnist-quick --threads 2 --output runs/fashion-mnist-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup

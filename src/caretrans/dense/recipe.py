@@ -1,10 +1,9 @@
 """The dense-prediction recipe: one dataclass, with the paper's COCO and ADE20K set-ups as presets."""
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-import yaml
+from ..train.recipe import read_recipe
 
 __all__ = ['DenseRecipe', 'PRESETS', 'load_recipe']
 
@@ -99,13 +98,5 @@ PRESETS: Dict[str, Dict[str, Any]] = {'coco': COCO, 'ade20k': ADE20K, 'shapes-de
 
 
 def load_recipe(source: str) -> DenseRecipe:
-    """A preset by name or a YAML file (e.g. the recipe.yaml saved in a run folder)."""
-    if source in PRESETS:
-        return DenseRecipe(**PRESETS[source])
-    path = Path(source)
-    if not path.is_file():
-        raise ValueError(f'recipe {source!r} is neither a preset ({", ".join(PRESETS)}) nor a YAML file')
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f'{path} does not hold a mapping of recipe fields')
-    return DenseRecipe.from_dict(values)
+    """A dense recipe: a preset name or a YAML file (e.g. the recipe.yaml saved in a run folder)."""
+    return read_recipe(source, PRESETS, DenseRecipe)

@@ -94,7 +94,7 @@ class Recipe:
 # and a step costs a third of what it costs at 64x64. A short schedule wants light augmentation,
 # no mixup, and a higher lr than linear scaling from 1536 would give (2e-3 at batch 128).
 FASHION_MNIST_QUICK = dict(
-    data='fashion-mnist', img_size=32, batch_size=128, workers=1, epochs=6, warmup_epochs=0.3, warmup_lr=1e-4,
+    data='fashion-mnist', img_size=32, batch_size=128, workers=1, epochs=9, warmup_epochs=0.3, warmup_lr=1e-4,
     min_lr=1e-6, lr=2e-3, weight_decay=0.05, drop_path=0.0, scale=(0.8, 1.0), aa=None, color_jitter=0.0,
     reprob=0.0, crop_pct=1.0, mixup=0.0, cutmix=0.0, smoothing=0.1, channels_last=True,
 )
@@ -105,14 +105,19 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def load_recipe(source: str) -> Recipe:
-    """A preset by name or a YAML file (e.g. the recipe.yaml saved beside a run)."""
-    if source in PRESETS:
-        return Recipe(**PRESETS[source])
+def read_recipe(source: str, presets: Dict[str, Dict[str, Any]], recipe_cls):
+    """A preset by name or a YAML file (e.g. the recipe.yaml saved beside a run), as `recipe_cls`."""
+    if source in presets:
+        return recipe_cls(**presets[source])
     path = Path(source)
     if not path.is_file():
-        raise ValueError(f'recipe {source!r} is neither a preset ({", ".join(PRESETS)}) nor a YAML file')
+        raise ValueError(f'recipe {source!r} is neither a preset ({", ".join(presets)}) nor a YAML file')
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ValueError(f'{path} does not hold a mapping of recipe fields')
-    return Recipe.from_dict(values)
+    return recipe_cls.from_dict(values)
+
+
+def load_recipe(source: str) -> Recipe:
+    """A classification recipe: a preset name or a YAML file."""
+    return read_recipe(source, PRESETS, Recipe)
