@@ -1,15 +1,14 @@
 """The dense-prediction recipe: one dataclass, with the paper's COCO and ADE20K set-ups as presets."""
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from ..train.recipe import read_recipe
+from ..train.recipe import RecipeFields, read_recipe
 
 __all__ = ['DenseRecipe', 'PRESETS', 'load_recipe']
 
 
 @dataclass
-class DenseRecipe:
+class DenseRecipe(RecipeFields):
     """Everything that decides what a detection or segmentation run computes."""
 
     task: str = field(default='det', metadata=dict(help="'det' (Mask R-CNN) or 'seg' (Semantic FPN)"))
@@ -62,16 +61,6 @@ class DenseRecipe:
         if self.task not in ('det', 'seg'):
             raise ValueError(f"task must be 'det' or 'seg', got {self.task!r}")
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> 'DenseRecipe':
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ValueError(f'unknown recipe field(s): {", ".join(unknown)}')
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 # Paper, Section 4.2: Mask R-CNN, AdamW lr 2e-4, 12 epochs (1x: x0.1 after epochs 8 and 11),

@@ -12,8 +12,23 @@ __all__ = ['Recipe', 'PRESETS', 'load_recipe']
 LR_BASE, LR_BASE_BATCH = 2e-3, 1536
 
 
+class RecipeFields:
+    """Plain-dict / YAML round trip of a recipe dataclass (tuples are lists in YAML)."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]):
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f'unknown recipe field(s): {", ".join(unknown)}')
+        return cls(**{k: tuple(v) if isinstance(names[k].default, tuple) else v for k, v in values.items()})
+
+
 @dataclass
-class Recipe:
+class Recipe(RecipeFields):
     """Everything that decides what a run computes. Flag names follow timm's train.py."""
 
     # model
@@ -69,9 +84,6 @@ class Recipe:
         """The given lr, else the paper's scaled linearly to the actual global batch."""
         return self.lr if self.lr is not None else LR_BASE * self.global_batch(world_size) / LR_BASE_BATCH
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
@@ -80,13 +92,6 @@ class Recipe:
         path.write_text(self.to_yaml())
         return path
 
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> 'Recipe':
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ValueError(f'unknown recipe field(s): {", ".join(unknown)}')
-        return cls(**{k: tuple(v) if isinstance(names[k].default, tuple) else v for k, v in values.items()})
 
 
 # Fashion-MNIST on a 2-core CPU in under 30 minutes (docs/training.md has the measurement).
