@@ -5,6 +5,7 @@ import pickle
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import caretrans
 from caretrans.bench.profile import PAPER_FIGURES, count_macs, count_params
@@ -204,6 +205,51 @@ def test_released_layout_matches_spec_reference(official_dir, name):
     x = torch.randn(2, 3, 96, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(m(x), reference_forward(name, sd, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('size', [(32, 32), (33, 47), (64, 64)])
+def test_channels_last_matches_spec_reference(official_dir, size):
+    """Channels-last input takes the GEMM 1x1 and cropped-kernel depthwise paths; same function."""
+    sd = random_released_state_dict('care_s0', official_dir / 'care_s0_official_keys.txt')
+    m = timm.create_model('care_s0').eval()
+    m.load_state_dict(caretrans.checkpoint_filter_fn(sd, m), strict=True)
+    m = m.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = m(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, reference_forward('care_s0', sd, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('kernel,size', [((3, 3), (1, 1)), ((3, 3), (2, 2)), ((7, 7), (2, 2)), ((7, 7), (1, 3)),
+                                         ((11, 1), (2, 5)), ((1, 11), (4, 3)), ((7, 7), (9, 9))])
+def test_depthwise_conv_crop_is_exact_with_gradients(kernel, size):
+    torch.manual_seed(0)
+    conv = caretrans.models.care.DepthwiseConv(8, kernel)
+    x = torch.randn(3, 8, *size).to(memory_format=torch.channels_last).requires_grad_()
+    out = conv(x)
+    ref = F.conv2d(x, conv.weight, conv.bias, padding=conv.padding, groups=8)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, conv.weight, conv.bias], g)
+    ref_grads = torch.autograd.grad(ref, [x, conv.weight, conv.bias], g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'channel_slice'])
+def test_pointwise_conv_is_a_conv_with_gradients(layout):
+    torch.manual_seed(0)
+    conv = caretrans.models.care.PointwiseConv(6, 10)
+    x = torch.randn(2, 9, 5, 3)
+    x = {'contiguous': x[:, :6], 'channels_last': x[:, :6].to(memory_format=torch.channels_last),
+         'channel_slice': x.to(memory_format=torch.channels_last)[:, 3:]}[layout].requires_grad_()
+    out = conv(x)
+    ref = F.conv2d(x, conv.weight, conv.bias)
+    torch.testing.assert_close(out, ref)
+    grads = torch.autograd.grad(out.square().sum(), [x, conv.weight, conv.bias])
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x, conv.weight, conv.bias])
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
 
 
 def test_reference_matches_authors_fixture(official_dir):
