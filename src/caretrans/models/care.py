@@ -41,6 +41,11 @@ def _is_exporting() -> bool:
     )
 
 
+def _channels_innermost(x: torch.Tensor) -> bool:
+    """True for channels-last tensors (and channel slices of them): the NHWC view is a matrix."""
+    return x.stride(1) == 1
+
+
 class PointwiseConv(nn.Conv2d):
     """1x1 conv; on channels-last input it runs as one matrix product over the NHWC view."""
 
@@ -50,7 +55,7 @@ class PointwiseConv(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # On CPU the GEMM is 1.3-3x faster than oneDNN's 1x1 conv, forward and backward
         # (docs/training.md); traced graphs keep the Conv op that runtimes fuse.
-        if x.stride(1) == 1 and not _is_exporting():  # channels innermost: the NHWC view is a matrix
+        if _channels_innermost(x) and not _is_exporting():
             return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
         return super().forward(x)
 
@@ -85,7 +90,7 @@ class DepthwiseConv(nn.Conv2d):
 
 def _conv_like(weight: torch.Tensor, bias: torch.Tensor, stride=1) -> nn.Conv2d:
     """A dense Conv2d holding the given weight and bias (their shapes define channels and kernel)."""
-    if weight.shape[2:] == (1, 1) and torch.nn.modules.utils._pair(stride) == (1, 1):
+    if weight.shape[2:] == (1, 1) and stride in (1, (1, 1)):
         conv = PointwiseConv(weight.shape[1], weight.shape[0])
     else:
         conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), stride=stride)
@@ -196,7 +201,7 @@ class LinearAttention(nn.Module):
         kv = (k.transpose(-1, -2) @ v) / N  # (B, h, hd, hd)
         out = ((q @ kv) * z).transpose(-1, -2).reshape(B, C, H, W)
         # Keep a channels-last input's layout, or every later layer of the stage falls back to NCHW.
-        return out.contiguous(memory_format=torch.channels_last) if x.stride(1) == 1 else out
+        return out.contiguous(memory_format=torch.channels_last) if _channels_innermost(x) else out
 
 
 class TokenMixer(nn.Module):
