@@ -1,5 +1,7 @@
 """Dense prediction: backbone features, Mask R-CNN, Semantic FPN, data checks and metrics."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -251,6 +253,17 @@ def test_ade_reduce_zero_label_and_errors(tmp_path):
         AdeSegmentation(tmp_path, 'training')
     with pytest.raises(DataError, match='expected the ADE20K layout'):
         AdeSegmentation(tmp_path, 'validation')
+
+
+def test_semantic_segmentation_needs_no_pycocotools(tmp_path):
+    _ade(tmp_path, np.array([[0, 1, 2], [2, 0, 1]], np.uint8))
+    code = ('import sys; sys.modules["pycocotools"] = None  # as if it were not installed\n'
+            'from caretrans.dense import command, tasks, train\n'
+            'from caretrans.dense.data import AdeSegmentation\n'
+            f'print(AdeSegmentation({str(tmp_path)!r}, "training")[0][1].tolist())')
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == '[[255, 0, 1], [1, 255, 0]]'
 
 
 def test_segmentation_crop_pads_labels_with_ignore():

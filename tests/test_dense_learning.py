@@ -105,7 +105,7 @@ class _StopAfter:
         return False
 
 
-def test_stopped_run_resumes_exactly(shapes, tmp_path, monkeypatch):
+def test_stopped_run_resumes_exactly(shapes, tmp_path, monkeypatch, capsys):
     from caretrans.dense import train as train_module
     recipe = DenseRecipe(**dict(PRESETS['shapes-seg'], data=str(shapes), epochs=2, batch_size=16))
     train_module.train(recipe, tmp_path / 'straight', progress=False)
@@ -113,7 +113,15 @@ def test_stopped_run_resumes_exactly(shapes, tmp_path, monkeypatch):
         m.setattr(train_module, 'GracefulStop', lambda: _StopAfter(3))  # mid-way through epoch 1 of 2
         stopped = train_module.train(recipe, tmp_path / 'resumed', progress=False)
     assert stopped['stopped'] and not (tmp_path / 'resumed' / 'model.safetensors').exists()
-    train_module.train(recipe, tmp_path / 'resumed', resume=True, progress=False)
+    # Through the command line: a new run over it is refused, so is a resume that changes the recipe;
+    # a plain --resume continues with the run's own recipe (read back from its recipe.yaml).
+    base = ['seg', 'train', '--output', str(tmp_path / 'resumed'), '--no-progress']
+    assert cli_main(base + ['--recipe', 'shapes-seg', '--data', str(shapes)]) == 2
+    assert 'already holds a run' in capsys.readouterr().err
+    assert cli_main(base + ['--resume', '--epochs', '3']) == 2
+    err = capsys.readouterr().err
+    assert 'another recipe' in err and 'epochs: 2 -> 3' in err
+    assert cli_main(base + ['--resume']) == 0
     a, b = (load_file(tmp_path / d / 'model.safetensors') for d in ('straight', 'resumed'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -32,9 +32,10 @@ def _add_recipe_flags(parser: argparse.ArgumentParser):
             group.add_argument(flag, type=kind, **kw)
 
 
-def _recipe(args, task: str):
+def _recipe(args, task: str, base: str):
+    """The recipe the command line asks for: `--recipe` (else `base`) with the flags given on top."""
     from .recipe import load_recipe
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe or base)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(DenseRecipe) if hasattr(args, f.name)}
     values = dict(recipe.to_dict(), **overrides)
     if values['task'] != task:
@@ -62,7 +63,13 @@ def _run_train(args):
     from ..cli.common import check_model_names
     from .train import train
 
-    recipe = _recipe(args, args.task)
+    saved = os.path.join(args.output, 'recipe.yaml')
+    if args.resume:  # the run's own recipe, refused by train() if a flag given here changes it
+        recipe = _recipe(args, args.task, saved if os.path.isfile(saved) else _DEFAULT_PRESET[args.task])
+    else:
+        if os.path.exists(os.path.join(args.output, 'last.pth')):
+            raise ValueError(f'{args.output} already holds a run; continue it with --resume or choose another --output')
+        recipe = _recipe(args, args.task, _DEFAULT_PRESET[args.task])
     check_model_names([recipe.model])
     metrics = train(recipe, args.output, resume=args.resume, device=args.device, progress=not args.no_progress)
     if _is_primary():
@@ -100,10 +107,12 @@ def add_task_parser(subparsers, task: str, help_text: str):
     actions = parser.add_subparsers(dest='action', required=True, metavar='ACTION')
 
     p = actions.add_parser('train', help='train (resumable; DDP with torchrun)')
-    p.add_argument('--recipe', default=_DEFAULT_PRESET[task],
-                   help=f'preset ({", ".join(PRESETS)}) or YAML file (default {_DEFAULT_PRESET[task]})')
+    p.add_argument('--recipe', default=None,
+                   help=f'preset ({", ".join(PRESETS)}) or YAML file (default {_DEFAULT_PRESET[task]}; '
+                        'with --resume, the run\'s own)')
     p.add_argument('--output', required=True, help='run folder: last.pth, model.safetensors, metrics, curves.png')
-    p.add_argument('--resume', action='store_true', help='continue the run in --output from its last.pth')
+    p.add_argument('--resume', action='store_true',
+                   help='continue the run in --output from its last.pth, with its own recipe (flags that change it are refused)')
     p.add_argument('--device', default=None, help='default: cuda (one GPU per torchrun process) if available, else cpu')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     p.add_argument('--json', action='store_true', help='print the final metrics as JSON')

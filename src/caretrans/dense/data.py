@@ -4,15 +4,17 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 __all__ = [
     'DataError', 'IGNORE_INDEX', 'read_image', 'load_coco', 'CocoInstances', 'AdeSegmentation',
@@ -101,8 +103,10 @@ def _check_coco(data, source: str, require_masks: bool):
             raise DataError(f"{where}: no 'segmentation' (Mask R-CNN needs instance masks)")
 
 
-def load_coco(annotation_file, require_masks: bool = True) -> COCO:
+def load_coco(annotation_file, require_masks: bool = True) -> 'COCO':
     """Read and check a COCO annotation file; a pycocotools COCO object for it."""
+    from pycocotools.coco import COCO  # here, so that semantic segmentation never needs pycocotools
+
     path = Path(annotation_file)
     try:
         data = json.loads(path.read_text())

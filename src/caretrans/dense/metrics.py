@@ -1,15 +1,15 @@
 """COCO box / mask AP through pycocotools, and mIoU from a confusion matrix."""
 import contextlib
 import io
-from typing import Dict, List, Sequence
+from typing import TYPE_CHECKING, Dict, List, Sequence
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from .data import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 __all__ = ['detections_to_coco', 'coco_metrics', 'SegmentationMeter']
 
@@ -17,6 +17,8 @@ __all__ = ['detections_to_coco', 'coco_metrics', 'SegmentationMeter']
 def detections_to_coco(outputs: Sequence[Dict[str, torch.Tensor]], image_ids: Sequence[int],
                        category_ids: Sequence[int], mask_threshold: float = 0.5) -> List[dict]:
     """Mask R-CNN outputs (labels 1..K, boxes xyxy, mask probabilities) as COCO result records."""
+    from pycocotools import mask as mask_utils  # detection only: semantic segmentation never needs pycocotools
+
     results = []
     for out, image_id in zip(outputs, image_ids):
         boxes = out['boxes'].detach().cpu().numpy().astype(np.float64)
@@ -37,12 +39,14 @@ def detections_to_coco(outputs: Sequence[Dict[str, torch.Tensor]], image_ids: Se
     return results
 
 
-def coco_metrics(coco_gt: COCO, results: List[dict], iou_types: Sequence[str] = ('bbox', 'segm'),
+def coco_metrics(coco_gt: 'COCO', results: List[dict], iou_types: Sequence[str] = ('bbox', 'segm'),
                  image_ids: Sequence[int] = None) -> Dict[str, float]:
     """AP, AP50 and AP75 (COCO's 0.5:0.95 average and single thresholds) per IoU type, in [0, 1].
 
     `image_ids` restricts the evaluation to those images (default: all of `coco_gt`).
     """
+    from pycocotools.cocoeval import COCOeval
+
     metrics = {}
     for iou_type in iou_types:
         if not results:  # pycocotools cannot load an empty result list: nothing found scores 0

@@ -13,8 +13,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from ..models.checkpoint import CheckpointError, read_checkpoint, save_atomic
-from ..train.checkpointing import (GracefulStop, capture_rng_state, load_training_state, restore_rng_state,
-                                   save_training_state)
+from ..train.checkpointing import (GracefulStop, capture_rng_state, load_training_state, recipe_changes,
+                                   restore_rng_state, save_training_state)
 from ..train.distributed import DistributedContext, all_reduce_mean, cleanup_distributed, setup_distributed
 from ..train.metrics import MetricsLogger
 from .recipe import DenseRecipe
@@ -70,11 +70,13 @@ def _plain_metrics(metrics: Dict[str, object]) -> Dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def train(recipe: DenseRecipe, run_dir, resume: bool = False, device: Optional[str] = None,
+def train(recipe: Optional[DenseRecipe], run_dir, resume: bool = False, device: Optional[str] = None,
           progress: bool = True) -> Dict[str, object]:
     """Train `recipe` into `run_dir` (last.pth, model.safetensors, recipe.yaml, metrics, curves.png).
 
-    With `resume`, continue from run_dir/last.pth exactly where it stopped. Returns the last evaluation.
+    With `resume`, continue from run_dir/last.pth exactly where it stopped, with the run's own
+    recipe: `recipe` may be None, and a recipe that differs from the run's is refused (CheckpointError).
+    Returns the last evaluation.
     """
     ctx = setup_distributed(device)
     try:
@@ -87,7 +89,13 @@ def _train(recipe: DenseRecipe, run_dir: Path, resume: bool, ctx: DistributedCon
     state = None
     if resume:
         state = load_training_state(run_dir / STATE_FILE)
-        recipe = DenseRecipe.from_dict(state['recipe'])  # the run's own recipe, not today's defaults
+        changed = [] if recipe is None else recipe_changes(state['recipe'], recipe.to_dict())
+        if changed:
+            raise CheckpointError(f'{run_dir / STATE_FILE} was trained with another recipe; resuming would not '
+                                  'continue that run. Differences: ' + '; '.join(changed))
+        recipe = DenseRecipe.from_dict(state['recipe'])
+    elif recipe is None:
+        raise ValueError('a new run needs a recipe')
     torch.manual_seed(recipe.seed)
 
     # Data, model, optimiser, schedule.

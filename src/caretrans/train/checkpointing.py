@@ -2,14 +2,15 @@
 import os
 import random
 import signal
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
 
 from ..models.checkpoint import CheckpointError, read_checkpoint, save_atomic
 
-__all__ = ['capture_rng_state', 'restore_rng_state', 'save_training_state', 'load_training_state', 'GracefulStop']
+__all__ = ['capture_rng_state', 'restore_rng_state', 'save_training_state', 'load_training_state', 'recipe_changes',
+           'GracefulStop']
 
 
 def capture_rng_state() -> Dict[str, Any]:
@@ -51,6 +52,13 @@ def load_training_state(path: os.PathLike) -> Dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f'{path} holds a {type(state).__name__}, not a training state dict')
     return state
+
+
+def recipe_changes(saved: Dict[str, Any], requested: Dict[str, Any], free: Iterable[str] = ()) -> List[str]:
+    """'field: saved -> requested' for every field where a resumed run would not continue the saved
+    one (fields in `free` may change on resume)."""
+    return [f'{k}: {saved.get(k)!r} -> {requested.get(k)!r}' for k in sorted(set(saved) | set(requested))
+            if k not in free and saved.get(k) != requested.get(k)]
 
 
 class GracefulStop:

@@ -20,7 +20,7 @@ from ..data import create_dataset, dataset_info
 from ..data.loader import build_transform, create_eval_loader, create_train_loader, default_img_size
 from ..models.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .checkpointing import (
-    GracefulStop, capture_rng_state, load_training_state, restore_rng_state, save_training_state,
+    GracefulStop, capture_rng_state, load_training_state, recipe_changes, restore_rng_state, save_training_state,
 )
 from .distributed import DistributedContext, cleanup_distributed, setup_distributed
 from .engine import TrainingDiverged, evaluate, train_one_epoch
@@ -259,10 +259,7 @@ def _read_resume_state(path: str, recipe: Recipe) -> Dict[str, Any]:
     if state['recipe'].get('model') != recipe.model:
         raise CheckpointError(f'{path} is a checkpoint of {state["recipe"].get("model")!r}, '
                               f'not of {recipe.model!r}')
-    ours = recipe.to_dict()
-    changed = [f'{k}: {state["recipe"].get(k)!r} -> {ours.get(k)!r}'
-               for k in sorted(set(ours) | set(state['recipe']))
-               if k not in RESUMABLE_FIELDS and state['recipe'].get(k) != ours.get(k)]
+    changed = recipe_changes(state['recipe'], recipe.to_dict(), free=RESUMABLE_FIELDS)
     if changed:
         raise CheckpointError(f'{path} was trained with another recipe; resuming would not continue that run. '
                               f'Differences: ' + '; '.join(changed))
