@@ -112,3 +112,28 @@ def test_loader_workers_leave_stop_signals_to_the_trainer():
     for sig in (signal.SIGINT, signal.SIGTERM):  # what Ctrl-C or a scheduler sends the process group
         os.kill(it._workers[0].pid, sig)
     assert sum(len(y) for _, y in it) == 28
+
+
+def test_augmentation_depends_on_epoch_and_index_only():
+    import random
+    from caretrans.data.loader import build_transform, create_train_loader
+    # Random crops, flips and erasing, drawn from Python's, NumPy's and torch's RNGs.
+    transform = build_transform(True, 32, mean=(0.5,) * 3, std=(0.5,) * 3, scale=(0.3, 1.0), reprob=0.5,
+                                aa='rand-m9-mstd0.5')
+    ds = create_dataset('synthetic', 'train', transform, num_classes=4, image_size=48, length=32)
+
+    def epoch_images(workers, start_batch=0, epoch=1):
+        loader = create_train_loader(ds, batch_size=4, seed=7, workers=workers)
+        loader.sampler.set_epoch(epoch, start_batch)
+        loader.dataset.epoch = epoch
+        return torch.cat([x for x, _ in loader])
+
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    main_process = epoch_images(workers=0)
+    # The caller's random streams are untouched (the trainer's dropout, mixup and RNG checkpoint).
+    assert (random.random(), np.random.rand()) == (random.Random(1).random(), np.random.RandomState(1).rand())
+    assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(1)))
+    # Two workers draw the same; so does a run resumed at batch 5 of the epoch; another epoch does not.
+    assert torch.equal(epoch_images(workers=2), main_process)
+    assert torch.equal(epoch_images(workers=1, start_batch=5), main_process[20:])
+    assert not torch.equal(epoch_images(workers=0, epoch=2), main_process)

@@ -1,14 +1,17 @@
 """Transforms (timm's) and loaders whose batches are sharded across ranks block by block."""
 import math
+import random
 import signal
 from typing import Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ['default_img_size', 'build_transform', 'BlockShardSampler', 'create_train_loader', 'create_eval_loader']
+__all__ = ['default_img_size', 'build_transform', 'SeededItems', 'BlockShardSampler', 'create_train_loader',
+           'create_eval_loader']
 
 
 def default_img_size(native_size: Optional[int]) -> int:
@@ -46,6 +49,31 @@ def _posterize(image: Image.Image, bits: int, **_) -> Image.Image:
     if bits <= 0:
         return Image.new(image.mode, image.size)
     return ImageOps.posterize(image, bits)
+
+
+class SeededItems(Dataset):
+    """Draws each item's augmentation from Python's, NumPy's and torch's RNGs seeded by (seed, epoch,
+    index) and restored afterwards, so that what a run sees depends neither on the number of loader
+    workers nor on where an interrupted run resumed, and the caller's random streams are untouched."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            random.seed(seed)
+            np.random.seed(seed)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.dataset[index]
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 class BlockShardSampler(Sampler[int]):
@@ -99,10 +127,10 @@ def _ignore_stop_signals(worker_id: int):
 
 def create_train_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, accum: int = 1,
                         seed: int = 0, workers: int = 0, collate_fn=None, pin_memory: bool = False) -> DataLoader:
-    """Training batches through a BlockShardSampler; workers are seeded from (seed, epoch, rank) by
-    `loader.generator`, which the trainer reseeds every epoch."""
+    """Training batches through a BlockShardSampler, each item augmented as `SeededItems` draws it;
+    the trainer sets `loader.sampler.set_epoch(epoch, start_batch)` and `loader.dataset.epoch`."""
     sampler = BlockShardSampler(len(dataset), batch_size, rank, world_size, accum, seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
+    return DataLoader(SeededItems(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
                       pin_memory=pin_memory, drop_last=False, generator=torch.Generator(),
                       worker_init_fn=_ignore_stop_signals, persistent_workers=False)
 

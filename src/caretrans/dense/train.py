@@ -4,14 +4,14 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from ..data.loader import SeededItems
 from ..models.checkpoint import CheckpointError, read_checkpoint, save_atomic
 from ..train.checkpointing import (GracefulStop, capture_rng_state, load_training_state, recipe_changes,
                                    restore_rng_state, save_training_state)
@@ -20,26 +20,9 @@ from ..train.metrics import MetricsLogger
 from .recipe import DenseRecipe
 from .tasks import make_task
 
-__all__ = ['SeededItems', 'train', 'evaluate_checkpoint']
+__all__ = ['train', 'evaluate_checkpoint']
 
 STATE_FILE, WEIGHTS_FILE = 'last.pth', 'model.safetensors'
-
-
-class SeededItems(Dataset):
-    """Seeds each item's augmentation from (seed, epoch, index), so that a resumed run draws
-    exactly what an uninterrupted one does, whatever the number of loader workers."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            return self.dataset[index]
 
 
 def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, ctx: DistributedContext) -> List[List[int]]:

@@ -122,7 +122,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
     with GracefulStop() as stop:
         while epoch < recipe.epochs:
             train_loader.sampler.set_epoch(epoch, start_batch)
-            train_loader.generator.manual_seed(recipe.seed * 100_003 + epoch * 1009 + ctx.rank)
+            train_loader.dataset.epoch = epoch
             bar = _progress_bar(progress and ctx.is_primary, epoch, recipe.epochs,
                                 train_loader.sampler.batches_per_epoch, start_batch)
             try:
