@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 __all__ = ['default_img_size', 'build_transform', 'SeededItems', 'BlockShardSampler', 'create_train_loader',
            'create_eval_loader']
@@ -53,8 +53,8 @@ def _posterize(image: Image.Image, bits: int, **_) -> Image.Image:
 
 class SeededItems(Dataset):
     """Draws each item's augmentation from Python's, NumPy's and torch's RNGs seeded by (seed, epoch,
-    index) and restored afterwards, so that what a run sees depends neither on the number of loader
-    workers nor on where an interrupted run resumed, and the caller's random streams are untouched."""
+    index), so that what a run sees depends neither on the number of loader workers nor on where an
+    interrupted run resumed; in the main process the caller's random streams are restored."""
 
     def __init__(self, dataset: Dataset, seed: int):
         self.dataset, self.seed, self.epoch = dataset, seed, 0
@@ -64,16 +64,24 @@ class SeededItems(Dataset):
 
     def __getitem__(self, index: int):
         seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-        python_state, numpy_state = random.getstate(), np.random.get_state()
+        if get_worker_info() is not None:  # a loader worker's RNGs serve nothing else
+            _seed_rngs(seed)
+            return self.dataset[index]
+        saved = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
         try:
-            random.seed(seed)
-            np.random.seed(seed)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                return self.dataset[index]
+            _seed_rngs(seed)
+            return self.dataset[index]
         finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.default_generator.set_state(saved[2])
+
+
+def _seed_rngs(seed: int):
+    # The CPU generator alone: torch.manual_seed also seeds every accelerator, at 100x the cost.
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)
 
 
 class BlockShardSampler(Sampler[int]):
