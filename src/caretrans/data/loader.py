@@ -138,8 +138,9 @@ def create_train_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_
     """Training batches through a BlockShardSampler, each item augmented as `SeededItems` draws it;
     the trainer sets `loader.sampler.set_epoch(epoch, start_batch)` and `loader.dataset.epoch`."""
     sampler = BlockShardSampler(len(dataset), batch_size, rank, world_size, accum, seed)
-    return DataLoader(SeededItems(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
-                      pin_memory=pin_memory, drop_last=False, generator=torch.Generator(),
+    # Its own generator: the loader's worker seeds must not draw from the trainer's global RNG.
+    return DataLoader(SeededItems(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate_fn, pin_memory=pin_memory, drop_last=False, generator=torch.Generator(),
                       worker_init_fn=_ignore_stop_signals, persistent_workers=False)
 
 

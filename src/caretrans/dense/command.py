@@ -112,7 +112,8 @@ def add_task_parser(subparsers, task: str, help_text: str):
                         'with --resume, the run\'s own)')
     p.add_argument('--output', required=True, help='run folder: last.pth, model.safetensors, metrics, curves.png')
     p.add_argument('--resume', action='store_true',
-                   help='continue the run in --output from its last.pth, with its own recipe (flags that change it are refused)')
+                   help='continue the run in --output from its last.pth with its own recipe '
+                        '(flags that would change it are refused)')
     p.add_argument('--device', default=None, help='default: cuda (one GPU per torchrun process) if available, else cpu')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     p.add_argument('--json', action='store_true', help='print the final metrics as JSON')
