@@ -137,3 +137,11 @@ def test_augmentation_depends_on_epoch_and_index_only():
     assert torch.equal(epoch_images(workers=2), main_process)
     assert torch.equal(epoch_images(workers=1, start_batch=5), main_process[20:])
     assert not torch.equal(epoch_images(workers=0, epoch=2), main_process)
+
+
+def test_no_colour_jitter_step_when_it_is_off():
+    from caretrans.data.loader import build_transform
+
+    def steps(jitter):
+        return [type(t).__name__ for t in build_transform(True, 32, (0.5,), (0.5,), color_jitter=jitter).transforms]
+    assert 'ColorJitter' in steps(0.4) and 'ColorJitter' not in steps(0.0)
