@@ -71,7 +71,7 @@ def run(args):
     from ..train.engine import TrainingDiverged
     from ..train.report import summarize
     from ..train.trainer import train
-    from .common import check_model_names
+    from .common import check_model_names, refuse_to_overwrite_run
 
     recipe = build_recipe(args)
     check_model_names([recipe.model] + ([recipe.teacher] if recipe.teacher else []))
@@ -79,9 +79,8 @@ def run(args):
         torch.set_num_threads(args.threads)
     data_name = os.path.basename(recipe.data.rstrip('/')) or 'data'
     run_dir = args.output or os.path.join('runs', f'{recipe.model}-{data_name}')
-    if args.resume is None and os.path.exists(os.path.join(run_dir, 'last.pth')):
-        raise ValueError(f'{run_dir} already holds a run; continue it with --resume {run_dir}/last.pth '
-                         'or choose another --output')
+    if args.resume is None:
+        refuse_to_overwrite_run(run_dir, f'--resume {run_dir}/last.pth')
     primary = int(os.environ.get('RANK', '0')) == 0
     if primary:
         print(recipe.to_yaml(), end='', flush=True)

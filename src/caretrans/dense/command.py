@@ -60,16 +60,14 @@ def _print_metrics(metrics, as_json: bool):
 
 
 def _run_train(args):
-    from ..cli.common import check_model_names
+    from ..cli.common import check_model_names, refuse_to_overwrite_run
     from .train import train
 
+    if not args.resume:
+        refuse_to_overwrite_run(args.output, '--resume')
+    # Resuming starts from the run's own recipe; train() refuses it if a flag given here changes it.
     saved = os.path.join(args.output, 'recipe.yaml')
-    if args.resume:  # the run's own recipe, refused by train() if a flag given here changes it
-        recipe = _recipe(args, args.task, saved if os.path.isfile(saved) else _DEFAULT_PRESET[args.task])
-    else:
-        if os.path.exists(os.path.join(args.output, 'last.pth')):
-            raise ValueError(f'{args.output} already holds a run; continue it with --resume or choose another --output')
-        recipe = _recipe(args, args.task, _DEFAULT_PRESET[args.task])
+    recipe = _recipe(args, args.task, saved if args.resume and os.path.isfile(saved) else _DEFAULT_PRESET[args.task])
     check_model_names([recipe.model])
     metrics = train(recipe, args.output, resume=args.resume, device=args.device, progress=not args.no_progress)
     if _is_primary():
