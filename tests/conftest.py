@@ -9,16 +9,23 @@ import caretrans  # noqa: F401  (registers the models)
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
-# ../shared beside the checkout (read-only material: fixtures and key lists of the release).
-SHARED = Path(os.environ.get('CARETRANS_SHARED', TESTS.parent.parent / 'shared'))
-OFFICIAL = SHARED / 'fixtures' / 'official'
+
+from released import closed_form_state_dict  # noqa: E402
 
 # One thread per xdist worker: two workers on two cores, no oversubscription.
 torch.set_num_threads(1 if 'PYTEST_XDIST_WORKER' in os.environ else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope='session')
-def official_dir():
-    if not OFFICIAL.is_dir():
-        pytest.fail(f'shared fixtures not found at {OFFICIAL} (set CARETRANS_SHARED)')
-    return OFFICIAL
+def released_checkpoint(tmp_path_factory):
+    """released_checkpoint(variant) -> a file as the authors release it (a plain state_dict saved by
+    torch.save, named CARETrans_S*.pth.tar), holding the closed-form weights of tests/released.py."""
+    folder = tmp_path_factory.mktemp('released')
+
+    def make(variant: str = 'care_s0') -> Path:
+        path = folder / f'CARETrans_{variant.split("_")[1].upper()}.pth.tar'
+        if not path.exists():
+            torch.save(closed_form_state_dict(variant), path)
+        return path
+
+    return make

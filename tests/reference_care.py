@@ -82,13 +82,11 @@ def reference_forward(variant, sd, x):
     return (_head(sd, 'head', x) + _head(sd, 'dist_head', x)) / 2
 
 
-def random_released_state_dict(variant, key_file, seed=0):
-    """Random weights (and BN statistics) with exactly the released keys and shapes."""
+def random_released_state_dict(keys, seed=0):
+    """Random weights (and BN statistics) with exactly the given released keys and shapes."""
     gen = torch.Generator().manual_seed(seed)
     sd = {}
-    for line in open(key_file):
-        key, shape = line.rstrip('\n').split('\t')
-        shape = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
+    for key, shape in keys.items():
         if key.endswith('num_batches_tracked'):
             sd[key] = torch.tensor(0)
         elif key.endswith('running_var'):

@@ -53,8 +53,8 @@ def test_backbone_gmacs_at_512_match_table2(name):
     assert abs(count_macs(fm, 512) / 1e9 - PAPER_FIGURES[name]['backbone_gmacs_512']) < 0.05
 
 
-def test_backbone_initialised_from_released_checkpoint(official_dir):
-    path = official_dir / 'care_s0_official_format.pth'
+def test_backbone_initialised_from_released_checkpoint(released_checkpoint):
+    path = released_checkpoint()
     released = torch.load(path, weights_only=True)
     det = maskrcnn('care_s0', num_classes=3, backbone_checkpoint=str(path), **COMPACT)
     seg = semantic_fpn('care_s0', num_classes=5, backbone_checkpoint=str(path), norm='batch')

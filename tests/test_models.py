@@ -12,12 +12,9 @@ from caretrans.bench.profile import PAPER_FIGURES, count_macs, count_params
 from caretrans.cli import main as cli_main
 from caretrans.models import CheckpointError, load_checkpoint, save_atomic
 from reference_care import random_released_state_dict, reference_forward
+from released import authors_logits, released_keys
 
 VARIANTS = ['care_s0', 'care_s1', 'care_s2']
-
-
-def _released_s0(official_dir):
-    return official_dir / 'care_s0_official_format.pth'
 
 
 def _pretrained(name, path, **kwargs):
@@ -185,10 +182,12 @@ def test_odd_sizes(size):
 
 # ---------------------------------------------------------------- released checkpoints
 
+@pytest.mark.parametrize('name', VARIANTS)
 @pytest.mark.parametrize('key', ['224', '160x192'])
-def test_fixture_parity_through_timm(official_dir, key):
-    expected = torch.load(official_dir / 'care_s0_expected.pt', weights_only=True)
-    m = _pretrained('care_s0', _released_s0(official_dir)).eval()
+def test_fixture_parity_through_timm(released_checkpoint, name, key):
+    """Each variant loaded from a released-format file computes the authors' logits."""
+    expected = authors_logits(name)
+    m = _pretrained(name, released_checkpoint(name)).eval()
     x, ref = (expected['input'], expected['logits']) if key == '224' else \
         (expected['input_160x192'], expected['logits_160x192'])
     with torch.no_grad():
@@ -197,9 +196,9 @@ def test_fixture_parity_through_timm(official_dir, key):
 
 
 @pytest.mark.parametrize('name', VARIANTS)
-def test_released_layout_matches_spec_reference(official_dir, name):
+def test_released_layout_matches_spec_reference(name):
     """Each variant's released key list loads strictly and computes the spec (tests/reference_care.py)."""
-    sd = random_released_state_dict(name, official_dir / f'{name}_official_keys.txt')
+    sd = random_released_state_dict(released_keys(name))
     m = timm.create_model(name).eval()
     m.load_state_dict(caretrans.checkpoint_filter_fn(sd, m), strict=True)
     x = torch.randn(2, 3, 96, 64, generator=torch.Generator().manual_seed(1))
@@ -208,9 +207,9 @@ def test_released_layout_matches_spec_reference(official_dir, name):
 
 
 @pytest.mark.parametrize('size', [(32, 32), (33, 47), (64, 64)])
-def test_channels_last_matches_spec_reference(official_dir, size):
+def test_channels_last_matches_spec_reference(size):
     """Channels-last input takes the GEMM 1x1 and cropped-kernel depthwise paths; same function."""
-    sd = random_released_state_dict('care_s0', official_dir / 'care_s0_official_keys.txt')
+    sd = random_released_state_dict(released_keys('care_s0'))
     m = timm.create_model('care_s0').eval()
     m.load_state_dict(caretrans.checkpoint_filter_fn(sd, m), strict=True)
     m = m.to(memory_format=torch.channels_last)
@@ -252,20 +251,21 @@ def test_pointwise_conv_is_a_conv_with_gradients(layout):
         torch.testing.assert_close(a, b)
 
 
-def test_reference_matches_authors_fixture(official_dir):
-    """The spec reference itself reproduces the authors' logits, so it is a fair judge for S1/S2."""
-    expected = torch.load(official_dir / 'care_s0_expected.pt', weights_only=True)
-    sd = torch.load(_released_s0(official_dir), weights_only=True)
-    assert (reference_forward('care_s0', sd, expected['input']) - expected['logits']).abs().max() < 1e-4
+@pytest.mark.parametrize('name', VARIANTS)
+def test_reference_matches_authors_fixture(released_checkpoint, name):
+    """The spec reference itself reproduces the authors' logits, so it is a fair judge of the random layouts."""
+    expected = authors_logits(name)
+    sd = torch.load(released_checkpoint(name), weights_only=True)
+    assert (reference_forward(name, sd, expected['input']) - expected['logits']).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize('wrap', ['state_dict', 'model', 'state_dict_ema', 'module'])
-def test_wrapped_released_checkpoints(official_dir, tmp_path, wrap):
-    sd = torch.load(_released_s0(official_dir), weights_only=True)
+def test_wrapped_released_checkpoints(released_checkpoint, tmp_path, wrap):
+    sd = torch.load(released_checkpoint(), weights_only=True)
     obj = {f'module.{k}': v for k, v in sd.items()} if wrap == 'module' else {wrap: sd, 'epoch': 3}
     path = tmp_path / 'ckpt.pth'
     torch.save(obj, path)
-    expected = torch.load(official_dir / 'care_s0_expected.pt', weights_only=True)
+    expected = authors_logits('care_s0')
     for m in (_pretrained('care_s0', path), load_checkpoint(timm.create_model('care_s0'), path)):
         with torch.no_grad():
             assert (m.eval()(expected['input']) - expected['logits']).abs().max() < 1e-4
@@ -284,36 +284,36 @@ def test_own_checkpoints_roundtrip(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['w.pth', 'w.safetensors']  # no temp files left
 
 
-def test_other_class_count_drops_heads_with_warning(official_dir):
+def test_other_class_count_drops_heads_with_warning(released_checkpoint):
     with pytest.warns(UserWarning, match='heads left at their initialisation'):
-        m = _pretrained('care_s0', _released_s0(official_dir), num_classes=10)
-    sd = torch.load(_released_s0(official_dir), weights_only=True)
+        m = _pretrained('care_s0', released_checkpoint(), num_classes=10)
+    sd = torch.load(released_checkpoint(), weights_only=True)
     torch.testing.assert_close(m.stem.conv.weight, sd['stem.0.weight'])
     assert m.head.fc.weight.shape == (10, 1024)
 
 
-def test_distillation_false_and_gray_input_load_released(official_dir):
-    m = _pretrained('care_s0', _released_s0(official_dir), distillation=False, in_chans=1)
-    sd = torch.load(_released_s0(official_dir), weights_only=True)
+def test_distillation_false_and_gray_input_load_released(released_checkpoint):
+    m = _pretrained('care_s0', released_checkpoint(), distillation=False, in_chans=1)
+    sd = torch.load(released_checkpoint(), weights_only=True)
     torch.testing.assert_close(m.stem.conv.weight, sd['stem.0.weight'].sum(1, keepdim=True))
     torch.testing.assert_close(m.head.fc.weight, sd['head.fc.weight'])
 
 
-def test_other_variant_is_rejected(official_dir, tmp_path):
+def test_other_variant_is_rejected(tmp_path):
     path = tmp_path / 's1.pth'
-    torch.save(random_released_state_dict('care_s1', official_dir / 'care_s1_official_keys.txt'), path)
+    torch.save(random_released_state_dict(released_keys('care_s1')), path)
     with pytest.raises(CheckpointError, match='does not match care_s0.*unexpected key'):
         _pretrained('care_s0', path)
     with pytest.raises(CheckpointError, match='does not match'):
         load_checkpoint(timm.create_model('care_s0'), path)
     path2 = tmp_path / 's2.pth'
-    torch.save(random_released_state_dict('care_s2', official_dir / 'care_s2_official_keys.txt'), path2)
+    torch.save(random_released_state_dict(released_keys('care_s2')), path2)
     with pytest.raises(CheckpointError, match='shape mismatch'):
         load_checkpoint(timm.create_model('care_s1'), path2)
 
 
-def test_missing_keys_are_named(official_dir, tmp_path):
-    sd = torch.load(_released_s0(official_dir), weights_only=True)
+def test_missing_keys_are_named(released_checkpoint, tmp_path):
+    sd = torch.load(released_checkpoint(), weights_only=True)
     del sd['stages.2.blocks.0.token_mixer.qk.weight']
     torch.save(sd, tmp_path / 'partial.pth')
     with pytest.raises(CheckpointError, match='missing key.*stages.2.blocks.0.token_mixer.global_mixer.qk.weight'):

@@ -7,6 +7,7 @@ import torch
 
 import caretrans
 from caretrans.models.care import CareHead
+from released import authors_logits
 
 VARIANTS = ['care_s0', 'care_s1', 'care_s2']
 
@@ -47,10 +48,10 @@ def test_fused_equals_unfused_at_odd_sizes(name):
         assert _max_diff(model, fused, x) < 1e-4
 
 
-def test_fused_released_fixture_matches_authors_logits(official_dir):
-    expected = torch.load(official_dir / 'care_s0_expected.pt', weights_only=True)
-    model = timm.create_model('care_s0', pretrained=True, pretrained_cfg_overlay=dict(
-        file=str(official_dir / 'care_s0_official_format.pth')))
+@pytest.mark.parametrize('name', ['care_s0', 'care_s2'])
+def test_fused_released_fixture_matches_authors_logits(released_checkpoint, name):
+    expected = authors_logits(name)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(released_checkpoint(name))))
     fused = caretrans.reparameterize(model)
     with torch.no_grad():
         assert (fused(expected['input_160x192']) - expected['logits_160x192']).abs().max() < 1e-4

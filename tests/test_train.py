@@ -120,8 +120,8 @@ def test_validate_cli_on_our_checkpoint(tmp_path, capsys):
     assert out['top1'] == pytest.approx(result.metrics['top1']) and out['loss'] == pytest.approx(result.metrics['loss'])
 
 
-def test_validate_cli_on_a_released_checkpoint(official_dir, capsys):
-    path = official_dir / 'care_s0_official_format.pth'
+def test_validate_cli_on_a_released_checkpoint(released_checkpoint, capsys):
+    path = released_checkpoint()
     assert cli_main(['validate', '--checkpoint', str(path), '--data', 'synthetic', '--num-classes', '1000',
                      '--img-size', '64', '-j', '0', '--json']) == 0
     out = json.loads(capsys.readouterr().out)
