@@ -16,7 +16,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from torch.fx._symbolic_trace import is_fx_tracing
+from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
 from timm.models._manipulate import adapt_input_conv
 from timm.models import build_model_with_cfg, register_model, reparameterize_model
 from timm.models._features import feature_take_indices
@@ -31,19 +32,31 @@ __all__ = ['CareTransformer', 'checkpoint_filter_fn', 'reparameterize', 'MIN_INP
 MIN_INPUT_SIZE = 32
 
 
+# The CPU fast paths below branch on strides and map sizes. Graph capture must not see those
+# branches: torch.jit.script and torch.fx know no strides or sizes, and traced/exported/compiled
+# graphs must not bake in one input's layout or size. `torch.jit.is_scripting()` comes first in
+# each helper because TorchScript drops the rest of the function, which it could not compile.
+
 def _is_exporting() -> bool:
-    """True while torch.jit / torch.export / torch.compile trace the model."""
+    """True while torch.jit, torch.fx, torch.export or torch.compile capture the model."""
+    if torch.jit.is_scripting():
+        return True
     return (
-        torch.jit.is_scripting()
-        or torch.jit.is_tracing()
+        torch.jit.is_tracing()
+        or is_fx_tracing()
         or torch.compiler.is_compiling()
         or torch.compiler.is_exporting()
     )
 
 
 def _channels_innermost(x: torch.Tensor) -> bool:
-    """True for channels-last tensors (and channel slices of them): the NHWC view is a matrix."""
-    return x.stride(1) == 1
+    """True for channels-last tensors (and channel slices of them): the NHWC view is a matrix.
+
+    False under scripting and symbolic tracing, where strides are unknown: the layout-free path.
+    """
+    if torch.jit.is_scripting():
+        return False
+    return not is_fx_tracing() and x.stride(1) == 1
 
 
 class PointwiseConv(nn.Conv2d):
@@ -55,9 +68,9 @@ class PointwiseConv(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # On CPU the GEMM is 1.3-3x faster than oneDNN's 1x1 conv, forward and backward
         # (docs/training.md); traced graphs keep the Conv op that runtimes fuse.
-        if _channels_innermost(x) and not _is_exporting():
+        if not _is_exporting() and _channels_innermost(x):
             return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
-        return super().forward(x)
+        return self._conv_forward(x, self.weight, self.bias)
 
 
 class DepthwiseConv(nn.Conv2d):
@@ -69,18 +82,19 @@ class DepthwiseConv(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _is_exporting():  # a traced graph must not bake in one input size
-            return super().forward(x)
+            return self._conv_forward(x, self.weight, self.bias)
         # Exact: a tap further than H-1 rows (W-1 columns) from the centre multiplies zero padding
         # for every output pixel, so its output and its gradient are zero. At 32x32 input the last
         # stages run on 2x2 and 1x1 maps, where the full kernels are mostly padding.
         kh, kw = self.kernel_size
         ch, cw = min(kh, 2 * x.shape[-2] - 1), min(kw, 2 * x.shape[-1] - 1)
-        if (ch, cw) == (kh, kw):
-            return super().forward(x)
+        if ch == kh and cw == kw:
+            return self._conv_forward(x, self.weight, self.bias)
         top, left = (kh - ch) // 2, (kw - cw) // 2
         weight = self.weight[:, :, top:top + ch, left:left + cw]
-        if ch == cw == 1:
-            return torch.addcmul(self.bias.view(1, -1, 1, 1), x, weight.view(1, -1, 1, 1))
+        bias = self.bias
+        if ch == cw == 1 and bias is not None:
+            return torch.addcmul(bias.view(1, -1, 1, 1), x, weight.view(1, -1, 1, 1))
         return F.conv2d(x, weight, self.bias, padding=(ch // 2, cw // 2), groups=self.groups)
 
 
@@ -116,6 +130,27 @@ def _fold_bn_into_next_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
     return _conv_like(weight, bias, stride=conv.stride)
 
 
+@torch.jit.unused
+def check_input(x: torch.Tensor, in_chans: int, training: bool = False) -> None:
+    """Raise a ValueError naming what is wrong with an input batch for a CARE model."""
+    if x.ndim != 4:
+        raise ValueError(
+            f'expected a 4-D batch (B, {in_chans}, H, W), got a {x.ndim}-D tensor of shape {tuple(x.shape)}')
+    B, C, H, W = x.shape
+    if C != in_chans:
+        raise ValueError(
+            f'expected {in_chans} input channel(s), got {C} (input shape {tuple(x.shape)}); '
+            f'build the model with in_chans={C} to accept it')
+    if H < MIN_INPUT_SIZE or W < MIN_INPUT_SIZE:
+        raise ValueError(
+            f'input of {H}x{W} is too small: CARE downsamples 32x, so each side needs at least '
+            f'{MIN_INPUT_SIZE} pixels')
+    if training and B * (H // 32) * (W // 32) == 1:
+        raise ValueError(
+            f'batch size 1 at {H}x{W} leaves a single value per channel at stride 32, which BatchNorm '
+            'cannot normalise in training mode; use a batch of 2 or more, a larger input, or eval mode')
+
+
 def _check_eval(module: nn.Module):
     if module.training:
         raise RuntimeError('re-parameterisation folds BatchNorm running statistics and is for inference: '
@@ -123,7 +158,7 @@ def _check_eval(module: nn.Module):
 
 
 class Stem(nn.Module):
-    """Patchify stem: 4x4 stride-4 conv followed by BatchNorm."""
+    """Patchify stem: 4x4 stride-4 conv followed by BatchNorm; it checks the input batch first."""
 
     def __init__(self, in_chans: int, out_chans: int):
         super().__init__()
@@ -131,6 +166,8 @@ class Stem(nn.Module):
         self.norm = nn.BatchNorm2d(out_chans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _is_exporting():  # the stem is the first module of the classifier and of features_only models
+            check_input(x, self.conv.in_channels, self.training)
         return self.norm(self.conv(x))
 
     def reparameterize(self):
@@ -209,7 +246,6 @@ class TokenMixer(nn.Module):
 
     def __init__(self, dim: int, use_attention: bool, head_dim: int, attention_kernel: str):
         super().__init__()
-        self.split = dim
         if use_attention:
             self.global_mixer = LinearAttention(dim, head_dim, kernel=attention_kernel)
         else:
@@ -218,7 +254,7 @@ class TokenMixer(nn.Module):
         self.local7 = DepthwiseConv(dim, 7)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, l3, l7 = x.split(self.split, dim=1)
+        a, l3, l7 = x.chunk(3, dim=1)
         return torch.cat([self.global_mixer(a), self.local3(l3), self.local7(l7)], dim=1)
 
 
@@ -283,7 +319,7 @@ class CareBlock(nn.Module):
             self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        memory, features = x.split([self.mem_dim, x.shape[1] - self.mem_dim], dim=1)
+        memory, features = x[:, :self.mem_dim], x[:, self.mem_dim:]
         features = self.token_mixer(features)
         features = features + self.inter1(features)
         u = torch.cat([memory, features], dim=1)
@@ -352,8 +388,17 @@ class CareStage(nn.Module):
         return self.blocks(x)
 
 
+def _pool(global_pool: str) -> SelectAdaptivePool2d:
+    """timm's selectable global pooling (flattened); a ValueError for a type it does not know."""
+    try:
+        return SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+    except AssertionError:
+        raise ValueError(f"unknown global_pool {global_pool!r}: use one of timm's pool types "
+                         "('avg', 'max', 'avgmax', 'catavgmax', 'fast', ...) or '' for none") from None
+
+
 class CareHead(nn.Module):
-    """Classifier head: global average pool -> GELU -> LayerNorm -> dropout -> Linear.
+    """Classifier head: global pool -> GELU -> LayerNorm -> dropout -> Linear (released: 'avg' pool).
 
     With global_pool='' it classifies every position and keeps the (B, C, H, W) layout.
     """
@@ -361,33 +406,37 @@ class CareHead(nn.Module):
     def __init__(self, in_features: int, num_classes: int, global_pool: str = 'avg', drop_rate: float = 0.0):
         super().__init__()
         self.in_features = in_features
-        self.global_pool = global_pool
+        self.global_pool = _pool(global_pool)
+        self.num_features = in_features * self.global_pool.feat_mult()
         self.act = nn.GELU()
-        self.norm = nn.LayerNorm(in_features, eps=1e-6)
+        self.norm = nn.LayerNorm(self.num_features, eps=1e-6)
         self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def reset(self, num_classes: int, global_pool: Optional[str] = None):
         if global_pool is not None:
-            self.global_pool = global_pool
-        self.fc = nn.Linear(self.in_features, num_classes) if num_classes > 0 else nn.Identity()
+            self.global_pool = _pool(global_pool)
+            width = self.in_features * self.global_pool.feat_mult()
+            if width != self.num_features:  # e.g. 'catavgmax' doubles the pooled width
+                self.num_features = width
+                self.norm = nn.LayerNorm(width, eps=self.norm.eps)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x.mean(dim=(2, 3))
-        else:
-            x = x.permute(0, 2, 3, 1)  # per-position: channels last for LayerNorm / Linear
+        per_position = self.global_pool.is_identity()
+        # per position: channels last for LayerNorm / Linear
+        x = x.permute(0, 2, 3, 1) if per_position else self.global_pool(x)
         x = self.drop(self.norm(self.act(x)))
         if not pre_logits:
             x = self.fc(x)
-        return x if self.global_pool == 'avg' else x.permute(0, 3, 1, 2)
+        return x.permute(0, 3, 1, 2) if per_position else x
 
     @classmethod
     def merged(cls, a: 'CareHead', b: 'CareHead') -> 'CareHead':
         """One head computing (a(x) + b(x)) / 2, exactly: both LayerNorms normalise the same vector,
         so their affine parts and the two classifiers fold into one Linear."""
-        head = cls(a.in_features, a.fc.out_features, a.global_pool, a.drop.p)
-        head.norm = nn.LayerNorm(a.in_features, eps=a.norm.eps, elementwise_affine=False)
+        head = cls(a.in_features, a.fc.out_features, a.global_pool.pool_type, a.drop.p)
+        head.norm = nn.LayerNorm(a.num_features, eps=a.norm.eps, elementwise_affine=False)
         weight = (a.fc.weight * a.norm.weight + b.fc.weight * b.norm.weight) / 2
         bias = (a.fc.weight @ a.norm.bias + a.fc.bias + b.fc.weight @ b.norm.bias + b.fc.bias) / 2
         head.fc.weight = nn.Parameter(weight.detach().clone())
@@ -416,8 +465,6 @@ class CareTransformer(nn.Module):
             distillation: bool = True,
     ):
         super().__init__()
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         for d in dims:
             if d % 3:
                 raise ValueError(f'feature dims must be multiples of 3 (d = 3g), got {tuple(dims)}')
@@ -426,7 +473,7 @@ class CareTransformer(nn.Module):
         self.global_pool = global_pool
         self.drop_rate = drop_rate
         self.distillation = distillation
-        self.distilled_training = distillation
+        self.distilled_training = False  # as timm's DeiT: training returns one tensor unless turned on
         self.grad_checkpointing = False
 
         mem_dims = [d // 3 for d in dims]
@@ -453,9 +500,10 @@ class CareTransformer(nn.Module):
             self.feature_info.append(dict(num_chs=prev, reduction=stride, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
 
-        self.num_features = self.head_hidden_size = prev
+        self.num_features = prev
         self.head = CareHead(prev, num_classes, global_pool, drop_rate)
         self.head_dist = CareHead(prev, num_classes, global_pool, drop_rate) if distillation else None
+        self.head_hidden_size = self.head.num_features
         self.apply(self._init_weights)
 
     @staticmethod
@@ -487,7 +535,7 @@ class CareTransformer(nn.Module):
 
     @torch.jit.ignore
     def set_distilled_training(self, enable: bool = True):
-        """In training, return (head, head_dist) logits separately (DeiT distillation)."""
+        """In training, return (head, head_dist) logits apart, for DeiT distillation; off by default."""
         self.distilled_training = enable and self.head_dist is not None
 
     def reparameterize(self):
@@ -505,50 +553,35 @@ class CareTransformer(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool is not None and global_pool not in ('avg', ''):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        if global_pool is not None:
+            _pool(global_pool)  # a clear error before anything changes
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
         for head in (self.head, self.head_dist):
             if head is not None:
                 head.reset(num_classes, global_pool)
+        self.head_hidden_size = self.head.num_features
 
+    @torch.jit.ignore
     def check_input(self, x: torch.Tensor):
-        """Raise a ValueError naming what is wrong with an input batch."""
-        if x.ndim != 4:
-            raise ValueError(
-                f'expected a 4-D batch (B, {self.in_chans}, H, W), got a {x.ndim}-D tensor of shape {tuple(x.shape)}')
-        B, C, H, W = x.shape
-        if C != self.in_chans:
-            raise ValueError(
-                f'expected {self.in_chans} input channel(s), got {C} (input shape {tuple(x.shape)}); '
-                f'build the model with in_chans={C} to accept it')
-        if H < MIN_INPUT_SIZE or W < MIN_INPUT_SIZE:
-            raise ValueError(
-                f'input of {H}x{W} is too small: CARE downsamples 32x, so each side needs at least '
-                f'{MIN_INPUT_SIZE} pixels')
-        last_pixels = (H // 32) * (W // 32)
-        if self.training and B * last_pixels == 1:
-            raise ValueError(
-                f'batch size 1 at {H}x{W} leaves a single value per channel at stride 32, which BatchNorm '
-                'cannot normalise in training mode; use a batch of 2 or more, a larger input, or eval mode')
+        """Raise a ValueError naming what is wrong with an input batch (the stem runs this check)."""
+        check_input(x, self.in_chans, self.training)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if not _is_exporting():
-            self.check_input(x)
         x = self.stem(x)
         return self.stages(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits; the mean of the two heads, or both apart in distilled training (a tuple, outside TorchScript)."""
         if pre_logits or self.head_dist is None or self.num_classes == 0:
             return self.head(x, pre_logits=pre_logits)
         x, x_dist = self.head(x), self.head_dist(x)
         if self.distilled_training and self.training and not torch.jit.is_scripting():
-            return x, x_dist
+            return x, x_dist  # the trainer's DistillationLoss takes both
         return (x + x_dist) / 2
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
@@ -561,18 +594,16 @@ class CareTransformer(nn.Module):
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Forward returning the outputs of the selected stages (timm's intermediates API)."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt {output_fmt!r} is not supported, only 'NCHW'")
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        if not _is_exporting():
-            self.check_input(x)
         intermediates = []
         x = self.stem(x)
         stages = self.stages if not stop_early else self.stages[:max_index + 1]
         for i, stage in enumerate(stages):
             x = stage(x)
             if i in take_indices:
-                intermediates.append(x)
+                intermediates.append(x.permute(0, 2, 3, 1) if output_fmt == 'NHWC' else x)
         if intermediates_only:
             return intermediates
         return x, intermediates

@@ -79,6 +79,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
     # Model (and EMA, teacher), loss, optimiser and schedule.
     model = timm.create_model(recipe.model, num_classes=num_classes, in_chans=in_chans,
                               drop_path_rate=recipe.drop_path).to(ctx.device)
+    if hasattr(model, 'set_distilled_training'):
+        model.set_distilled_training(True)  # both heads learn, as the release trains them (DistillationLoss)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     teacher = _teacher(recipe, num_classes, in_chans, ctx.device)
