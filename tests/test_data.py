@@ -1,4 +1,4 @@
-"""Datasets: Fashion-MNIST from Debian's files, ImageFolder with corrupt images, synthetic data."""
+"""Datasets: Fashion-MNIST from Debian's files, image folders (classes, unreadable files, bombs), synthetic data."""
 import logging
 
 import numpy as np
@@ -8,6 +8,7 @@ from PIL import Image
 
 from caretrans.data import FASHION_MNIST_CLASSES, create_dataset, dataset_info
 from caretrans.data.datasets import FASHION_MNIST_DIR
+from image_files import png_claiming, truncated_png
 
 
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason='dataset-fashion-mnist is not installed')
@@ -36,35 +37,114 @@ def test_synthetic_is_deterministic_and_transformed():
     assert t[0][0].shape == (32, 32, 3)
 
 
-def _write_folder(root, corrupt):
-    for split in ('train', 'val'):
-        for cls in ('cat', 'dog'):
+def _write_folder(root, corrupt=(), classes=('cat', 'dog'), val_classes=None, size=40):
+    for split, names in (('train', classes), ('val', val_classes or classes)):
+        for cls in names:
             d = root / split / cls
             d.mkdir(parents=True)
             for i in range(3):
-                Image.new('RGB', (40, 40), (i * 40, 0, 0)).save(d / f'{i}.png')
+                Image.new('RGB', (size, size), (i * 40, 0, 0)).save(d / f'{i}.png')
     for name in corrupt:
         (root / 'train' / 'dog' / name).write_bytes(b'\x89PNG\r\n\x1a\n' + b'garbage' * 10)
 
 
-def test_image_folder_skips_and_counts_corrupt_images(tmp_path, caplog):
+def _labels_through_eval_loader(ds, workers=0):
+    from caretrans.data.loader import create_eval_loader
+    ds.transform = lambda im: torch.zeros(1)
+    return torch.cat([y for _, y in create_eval_loader(ds, batch_size=4, workers=workers)]).tolist()
+
+
+def test_unreadable_images_are_left_out_not_replaced(tmp_path, caplog):
     _write_folder(tmp_path, corrupt=['bad1.png', 'bad2.png'])
-    ds = create_dataset(str(tmp_path), 'train')
-    assert ds.classes == ['cat', 'dog'] and len(ds) == 8
+    truncated_png(tmp_path / 'train' / 'dog' / 'cut.png')
     with caplog.at_level(logging.WARNING):
-        items = [ds[i] for i in range(len(ds))]
-    assert all(im.size == (40, 40) and im.mode == 'RGB' for im, _ in items)
-    assert ds.num_bad_images == 2
+        ds = create_dataset(str(tmp_path), 'train')
+    # Files whose header does not open are left out when the folder is listed.
+    assert ds.classes == ['cat', 'dog'] and len(ds) == 7 and ds.num_bad_images == 2
     assert sum('bad1.png' in r.getMessage() for r in caplog.records) == 1
-    assert sorted(p.rsplit('/', 1)[-1] for p in ds.bad_images) == ['bad1.png', 'bad2.png']
+    # One that fails to decode leaves its batch: 6 images, each with its own label, none twice.
+    with caplog.at_level(logging.WARNING):
+        assert _labels_through_eval_loader(ds) == [0, 0, 0, 1, 1, 1]
+        assert _labels_through_eval_loader(ds) == [0, 0, 0, 1, 1, 1]
+    assert ds.num_bad_images == 3
+    assert sorted(p.rsplit('/', 1)[-1] for p in ds.bad_images) == ['bad1.png', 'bad2.png', 'cut.png']
+    assert sum('cut.png' in r.getMessage() for r in caplog.records) == 1  # logged once, not every epoch
 
 
 def test_image_folder_counts_bad_images_across_workers(tmp_path):
-    _write_folder(tmp_path, corrupt=['bad1.png'])
-    ds = create_dataset(str(tmp_path), 'train', transform=lambda im: torch.zeros(1))
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
-    assert sum(len(y) for _, y in loader) == len(ds)
+    _write_folder(tmp_path)
+    truncated_png(tmp_path / 'train' / 'dog' / 'cut.png')
+    ds = create_dataset(str(tmp_path), 'train')
+    assert _labels_through_eval_loader(ds, workers=2) == [0, 0, 0, 1, 1, 1]
     assert ds.num_bad_images == 1
+
+
+def test_a_folder_of_unreadable_images_is_a_clear_error(tmp_path):
+    _write_folder(tmp_path)
+    for f in (tmp_path / 'val').rglob('*.png'):
+        f.write_bytes(b'not an image')
+    with pytest.raises(ValueError, match=r'val: none of its 6 image files can be read'):
+        create_dataset(str(tmp_path), 'val')
+
+
+def test_decompression_bombs_are_refused_from_the_header(tmp_path, caplog):
+    from caretrans.data import MAX_IMAGE_PIXELS, UnreadableImageError, image_size, read_image
+    assert MAX_IMAGE_PIXELS < 12000 * 12000
+    _write_folder(tmp_path)
+    bomb = png_claiming(tmp_path / 'train' / 'dog' / 'bomb.png', 12000, 12000)
+    assert bomb.stat().st_size < 50_000  # 144 million pixels in a few KB
+    with pytest.raises(UnreadableImageError, match=r'bomb\.png refused: .*144000000 pixels'):
+        image_size(bomb)
+    with pytest.raises(UnreadableImageError, match=r'bomb\.png refused'):
+        read_image(bomb)
+    with caplog.at_level(logging.WARNING):
+        ds = create_dataset(str(tmp_path), 'train')
+    assert len(ds) == 6 and ds.num_bad_images == 1 and ds.bad_images[0].endswith('bomb.png')
+    assert any('bomb.png refused' in r.getMessage() for r in caplog.records)
+    small = png_claiming(tmp_path / 'small.png', 64, 48)
+    assert image_size(small) == (64, 48) and read_image(small).size == (64, 48)
+
+
+def test_every_split_is_labelled_by_trains_classes(tmp_path):
+    _write_folder(tmp_path, classes=('ant', 'bee', 'cat'), val_classes=('bee', 'cat'))
+    train, val = create_dataset(str(tmp_path), 'train'), create_dataset(str(tmp_path), 'val')
+    assert train.classes == val.classes == ['ant', 'bee', 'cat'] and dataset_info(val)['num_classes'] == 3
+    assert _labels_through_eval_loader(val) == [1, 1, 1, 2, 2, 2]  # by name, not by position in val/
+    # A split with a class outside the list is refused, naming it; so is the list a run recorded.
+    (tmp_path / 'val' / 'dog').mkdir()
+    Image.new('RGB', (8, 8)).save(tmp_path / 'val' / 'dog' / '0.png')
+    with pytest.raises(ValueError, match=r'val has class folder\(s\) that are not among the 3 training classes: dog'):
+        create_dataset(str(tmp_path), 'val')
+    with pytest.raises(ValueError, match=r'train has class folder\(s\) .* 2 training classes: cat'):
+        create_dataset(str(tmp_path), 'train', classes=['ant', 'bee'])
+    # Without train/ (an ImageNet val/ on its own) the split's own folders are the classes.
+    (tmp_path / 'train').rename(tmp_path / 'elsewhere')
+    assert create_dataset(str(tmp_path), 'val').classes == ['bee', 'cat', 'dog']
+
+
+def test_class_map_round_trip_and_checks(tmp_path):
+    from caretrans.data import read_class_map, recorded_classes, save_class_map
+    names = ['n01440764', 'two words', ' spaced ']
+    save_class_map(names, tmp_path / 'class_map.txt')
+    assert read_class_map(tmp_path / 'class_map.txt') == recorded_classes(tmp_path) == names
+    assert recorded_classes(tmp_path / 'nothing') is None
+    (tmp_path / 'twice.txt').write_text('a\nb\na\n')
+    with pytest.raises(ValueError, match=r'twice\.txt lists class\(es\) more than once: a'):
+        read_class_map(tmp_path / 'twice.txt')
+    (tmp_path / 'blank.txt').write_text('a\n\nb\n')
+    with pytest.raises(ValueError, match='without blank lines'):
+        read_class_map(tmp_path / 'blank.txt')
+    # Named datasets have fixed classes: another list is refused.
+    assert create_dataset('synthetic', 'val', classes=[f'class_{i}' for i in range(10)]).classes[9] == 'class_9'
+    with pytest.raises(ValueError, match='synthetic has its own 10 classes, not the 2 given'):
+        create_dataset('synthetic', 'val', classes=['a', 'b'])
+
+
+def test_collate_readable_drops_unread_items():
+    from caretrans.data.loader import collate_readable
+    images, labels = collate_readable([(torch.ones(2), 3), None, (torch.zeros(2), 5)])
+    assert images.tolist() == [[1, 1], [0, 0]] and labels.tolist() == [3, 5]
+    assert collate_readable([None, None]) is None
 
 
 @pytest.mark.parametrize('data,split,match', [

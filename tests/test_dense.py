@@ -198,6 +198,21 @@ def _write_coco(tmp_path, data):
     (lambda d: d['annotations'][0].pop('segmentation'), r"annotations\[0\].*no 'segmentation'"),
     (lambda d: d['images'][0].pop('height'), r"images\[0\] needs 'id', 'file_name', 'height'"),
     (lambda d: d.pop('categories'), "missing or non-list 'categories'"),
+    # RLE counts that pycocotools' C decoder would read or write out of bounds with, or mis-decode.
+    (lambda d: d['annotations'][0]['segmentation'].update(counts=[-5, 10005]), r'annotations\[0\] \(id 1\): RLE '
+     r'counts hold a negative run length \(-5\)'),
+    (lambda d: d['annotations'][0]['segmentation'].update(counts=5), 'RLE counts must be a compressed string'),
+    (lambda d: d['annotations'][0]['segmentation'].update(counts=[1.5, 9998.5]), 'RLE counts must be'),
+    (lambda d: d['annotations'][0]['segmentation'].update(counts='abc'), r"RLE counts 'abc' is not a compressed"),
+    (lambda d: d['annotations'][0]['segmentation'].update(counts='0\x7f'), 'is not a compressed RLE string'),
+    (lambda d: d['annotations'][0]['segmentation'].update(counts=[10, 20]), r'add up to 30 pixels, not .* 10000'),
+    (lambda d: d['annotations'][0]['segmentation'].update(size=5), r'RLE size 5 differs'),
+    # Ids: integers, as COCO's tools sort and match them.
+    (lambda d: d['images'][0].update(id='abc'), r"images\[0\]: id must be an integer, got 'abc'"),
+    (lambda d: d['images'][0].update(height='100'), r"images\[0\] \(id 7\): height and width must be positive"),
+    (lambda d: d['annotations'][0].update(id='x'), r"annotations\[0\] \(id 'x'\) is not an object with an integer"),
+    (lambda d: d['annotations'][0].update(image_id=[7]), r'image_id \[7\] is not in'),
+    (lambda d: d['categories'][0].update(id='5'), r"categories\[0\]: id must be an integer, got '5'"),
 ])
 def test_bad_annotation_records_are_named(tmp_path, edit, match):
     data = _coco_gt()
@@ -228,6 +243,48 @@ def test_bad_annotation_files_and_images(tmp_path):
     image, target = ds[0]
     assert image.shape == (3, 100, 100) and target['labels'].tolist() == [1] and target['masks'].sum() == 80
     assert target['boxes'].tolist() == [[0, 0, 10, 8]]
+
+
+def test_rle_check_decodes_pycocotools_strings_exactly():
+    from caretrans.dense.data import _check_segmentation, _rle_string_runs
+    rng = np.random.default_rng(0)
+    for h, w, p in ((100, 100, 0.5), (37, 53, 0.02), (64, 48, 0.98), (5, 7, 0.0)):
+        mask = (rng.random((h, w)) < p).astype(np.uint8)
+        counts = mask_utils.encode(np.asfortranarray(mask))['counts'].decode()
+        flat = mask.flatten(order='F')  # COCO runs go down the columns, starting with zeros
+        edges = np.flatnonzero(np.diff(flat)) + 1
+        runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+        assert _rle_string_runs(counts) == ([0] + runs if flat[0] else runs)
+        assert _check_segmentation(dict(size=[h, w], counts=counts), h, w) is None
+
+
+def test_decompression_bombs_in_dense_data_are_refused_and_named(tmp_path):
+    from image_files import png_claiming
+    path = _write_coco(tmp_path, _coco_gt())
+    png_claiming(tmp_path / 'a.png', 100_000, 100_000, decodable=False)  # 1e10 pixels
+    with pytest.raises(DataError, match=r'image .*a\.png refused: .*10000000000 pixels'):
+        CocoInstances(tmp_path, path)[0]
+    _ade(tmp_path, np.zeros((2, 3), np.uint8))
+    png_claiming(tmp_path / 'images/training/x.jpg', 100_000, 100_000, decodable=False)
+    with pytest.raises(DataError, match=r'x\.jpg refused'):
+        AdeSegmentation(tmp_path, 'training')[0]
+
+
+def test_det_train_names_a_garbage_rle_record_before_training(tmp_path, capsys):
+    from caretrans.cli import main as cli_main
+    for split in ('training', 'validation'):
+        (tmp_path / 'images' / split).mkdir(parents=True)
+        Image.new('RGB', (100, 100)).save(tmp_path / 'images' / split / 'a.png')
+        data = _coco_gt()
+        if split == 'training':
+            data['annotations'][0]['segmentation']['counts'] = 5  # pycocotools: a TypeError in the first batch
+        (tmp_path / 'annotations').mkdir(exist_ok=True)
+        (tmp_path / 'annotations' / f'instances_{split}.json').write_text(json.dumps(data))
+    rc = cli_main(['det', 'train', '--recipe', 'shapes-det', '--data', str(tmp_path), '--output', str(tmp_path / 'r'),
+                   '--batch-size', '1', '--workers', '0', '--no-progress'])
+    err = capsys.readouterr().err
+    assert rc == 2 and 'caretrans det: error: ' in err
+    assert 'instances_training.json: annotations[0] (id 1): RLE counts must be a compressed string' in err
 
 
 def _ade(tmp_path, label: np.ndarray, mode='L'):

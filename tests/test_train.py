@@ -137,19 +137,83 @@ def test_validate_cli_on_a_released_checkpoint(released_checkpoint, capsys):
     assert out['top1'] == pytest.approx(100 * (logits.argmax(1) == labels).float().mean().item())
 
 
-def test_corrupt_images_are_skipped_and_counted_in_training(tmp_path, capsys):
-    for split in ('train', 'val'):
-        for c, colour in (('red', (255, 0, 0)), ('blue', (0, 0, 255))):
-            (tmp_path / 'data' / split / c).mkdir(parents=True)
-            for i in range(4):
-                Image.new('RGB', (36, 36), colour).save(tmp_path / 'data' / split / c / f'{i}.png')
-    (tmp_path / 'data' / 'train' / 'red' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
-    recipe = Recipe(**dict(TINY, data=str(tmp_path / 'data'), batch_size=3, epochs=1))  # 9 files, 3 steps of 3: all read
+def _write_colour_folder(root, train_classes, val_classes, per_class=4):
+    """Class folders of plain-coloured 12x12 images: each class its own colour."""
+    colours = dict(red=(255, 0, 0), green=(0, 255, 0), blue=(0, 0, 255), grey=(128, 128, 128))
+    for split, classes in (('train', train_classes), ('val', val_classes)):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new('RGB', (12, 12), colours[c]).save(root / split / c / f'{i}.png')
+    return root
+
+
+def test_unreadable_images_are_left_out_of_training_and_evaluation(tmp_path, capsys):
+    from image_files import truncated_png
+    data = _write_colour_folder(tmp_path / 'data', ('red', 'blue'), ('red', 'blue'))
+    (data / 'train' / 'red' / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+    truncated_png(data / 'val' / 'blue' / 'cut.png')
+    recipe = Recipe(**dict(TINY, data=str(data), batch_size=4, epochs=1))
     result = train(recipe, tmp_path / 'run', progress=False)
     assert result.status == 'finished'
     record = json.loads((tmp_path / 'run' / 'metrics.jsonl').read_text())
-    assert record['bad_images'] == 1
-    assert '1 unreadable image(s) skipped' in capsys.readouterr().out
+    assert record['bad_images'] == 2
+    assert '2 unreadable image(s) skipped' in capsys.readouterr().out
+    # The validation figures count the 8 real images; the cut one is not replaced by another.
+    assert result.metrics['count'] == 8 and result.metrics['confusion'].sum(1).tolist() == [4, 4]
+
+
+def test_train_and_validate_label_a_folder_by_trains_classes(tmp_path, capsys):
+    # val/ lacks a class: its images keep train/'s label indices (blue is 0, grey 1, red 2).
+    data = _write_colour_folder(tmp_path / 'data', ('red', 'grey', 'blue'), ('red', 'blue'))
+    result = train(Recipe(**dict(TINY, data=str(data), batch_size=4, epochs=2, lr=1e-2)), tmp_path / 'run',
+                   progress=False)
+    assert result.classes == ['blue', 'grey', 'red'] and result.model.num_classes == 3
+    assert (tmp_path / 'run' / 'class_map.txt').read_text() == 'blue\ngrey\nred\n'
+    assert result.metrics['confusion'].sum(1).tolist() == [4, 0, 4]
+    # Resuming labels by the run's classes too: a class folder added since is refused.
+    (data / 'train' / 'green').mkdir()
+    with pytest.raises(ValueError, match='train has class folder.* not among the 3 training classes: green'):
+        train(Recipe(**dict(TINY, data=str(data), batch_size=4, epochs=2, lr=1e-2)), tmp_path / 'run',
+              resume=str(tmp_path / 'run' / 'last.pth'), progress=False)
+    (data / 'train' / 'green').rmdir()
+    capsys.readouterr()
+    validate = ['validate', '--checkpoint', str(tmp_path / 'run' / 'last.pth'), '-j', '0', '--json', '--data']
+    assert cli_main(validate + [str(data)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out['count'] == 8 and out['top1'] == pytest.approx(result.metrics['top1'])
+    # A folder with val/ alone is labelled by the run's recorded classes, not by its own folders.
+    (tmp_path / 'val_only').mkdir()
+    (data / 'val').rename(tmp_path / 'val_only' / 'val')
+    (tmp_path / 'val_only' / 'val' / 'blue').rename(tmp_path / 'blue')
+    assert cli_main(validate + [str(tmp_path / 'val_only')]) == 0
+    red_only = json.loads(capsys.readouterr().out)
+    assert red_only['count'] == 4
+    # A class the run never saw is refused, named.
+    (tmp_path / 'blue').rename(tmp_path / 'val_only' / 'val' / 'green')
+    assert cli_main(validate + [str(tmp_path / 'val_only')]) == 2
+    assert 'not among the 3 training classes: green' in capsys.readouterr().err
+
+
+def test_a_folder_of_unreadable_images_stops_train_with_a_clear_error(tmp_path, capsys):
+    data = _write_colour_folder(tmp_path / 'data', ('red', 'blue'), ('red', 'blue'))
+    for f in (data / 'train').rglob('*.png'):
+        f.write_bytes(b'\x89PNG\r\n\x1a\n')
+    recipe = _write_recipe(tmp_path, data=str(data), batch_size=4)
+    argv = ['train', '--recipe', str(recipe), '--output', str(tmp_path / 'run'), '--no-progress']
+    assert cli_main(argv) == 2
+    assert f'caretrans train: error: {data / "train"}: none of its 8 image files can be read' in capsys.readouterr().err
+
+
+def test_a_batch_drops_unreadable_images_and_mixups_odd_one_out():
+    from caretrans.train.engine import _usable_batch
+    images, targets = torch.zeros(3, 1), torch.tensor([4, 5, 6])
+    assert _usable_batch((images, targets), 0, pairs=False)[1].tolist() == [4, 5, 6]
+    assert _usable_batch((images, targets), 0, pairs=True)[1].tolist() == [4, 5]  # mixup pairs images
+    with pytest.raises(ValueError, match='training batch 7 has no readable image pair left'):
+        _usable_batch((images[:1], targets[:1]), 7, pairs=True)
+    with pytest.raises(ValueError, match='training batch 8 has no readable image left'):
+        _usable_batch(None, 8, pairs=False)
 
 
 def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):

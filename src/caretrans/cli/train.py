@@ -67,7 +67,6 @@ def build_recipe(args):
 def run(args):
     import torch
 
-    from ..data import create_dataset, dataset_info
     from ..train.engine import TrainingDiverged
     from ..train.report import summarize
     from ..train.trainer import train
@@ -98,9 +97,8 @@ def run(args):
         return 0
 
     # The closing summary: params, GMACs, the last evaluation and its confusion matrix.
-    info = dataset_info(create_dataset(recipe.data, 'val'))
-    figures = summarize(result.model.cpu(), result.img_size, recipe.in_chans or info['in_chans'], result.metrics,
-                        info['classes'], result.run_dir, minutes)
+    figures = summarize(result.model.cpu(), result.img_size, result.in_chans, result.metrics, result.classes,
+                        result.run_dir, minutes)
     figures.update(best_top1=result.best_top1, run_dir=str(result.run_dir))
     if args.json:
         print(json.dumps(figures, indent=2))

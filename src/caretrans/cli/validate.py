@@ -8,6 +8,9 @@ def add_parser(subparsers):
     p.add_argument('--checkpoint', required=True, help='our best.pth / last.pth, a released .pth.tar, or safetensors')
     p.add_argument('--data', required=True, help="'fashion-mnist', 'synthetic' or a folder with a val/ sub-folder")
     p.add_argument('--split', default='val', choices=['train', 'val'])
+    p.add_argument('--class-map', metavar='FILE',
+                   help="the classes in label order, one a line (default: the run's class_map.txt beside the "
+                        "checkpoint, else the data folder's train/ class folders)")
     p.add_argument('--img-size', type=int, help='default: the one recorded in a run\'s recipe, else the data\'s')
     p.add_argument('--crop-pct', type=float, help='default: the recorded one, else 0.875')
     p.add_argument('--interpolation', default='bicubic')
@@ -35,11 +38,12 @@ def _recorded_recipe(checkpoint_path):
 def run(args):
     import contextlib
     import functools
+    from pathlib import Path
 
     import timm
     import torch
 
-    from ..data import create_dataset, dataset_info
+    from ..data import create_dataset, dataset_info, read_class_map, recorded_classes
     from ..data.loader import build_transform, create_eval_loader, default_img_size
     from ..models.checkpoint import load_checkpoint
     from ..train.distributed import DistributedContext
@@ -48,7 +52,9 @@ def run(args):
 
     check_model_names([args.model])
     recorded = _recorded_recipe(args.checkpoint)
-    info = dataset_info(create_dataset(args.data, args.split))
+    classes = read_class_map(args.class_map) if args.class_map else recorded_classes(Path(args.checkpoint).parent)
+    dataset = create_dataset(args.data, args.split, classes=classes)
+    info = dataset_info(dataset)
     img_size = args.img_size or recorded.get('img_size') or default_img_size(info['native_size'])
     crop_pct = args.crop_pct or recorded.get('crop_pct') or 0.875
     num_classes = args.num_classes or info['num_classes']
@@ -60,9 +66,8 @@ def run(args):
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    transform = build_transform(False, img_size, info['mean'], info['std'], crop_pct=crop_pct,
-                                interpolation=args.interpolation)
-    dataset = create_dataset(args.data, args.split, transform)
+    dataset.transform = build_transform(False, img_size, info['mean'], info['std'], crop_pct=crop_pct,
+                                        interpolation=args.interpolation)
     autocast = (functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
                 if args.amp else contextlib.nullcontext)
     result = evaluate(model, create_eval_loader(dataset, args.batch_size, workers=args.workers),
@@ -76,5 +81,6 @@ def run(args):
     else:
         print(f'{args.model} {args.checkpoint} on {args.data} {args.split} ({result["count"]} images, '
               f'{img_size}px, crop {crop_pct}, {args.interpolation}): top-1 {result["top1"]:.2f}%, '
-              f'top-5 {result["top5"]:.2f}%, loss {result["loss"]:.4f}')
+              f'top-5 {result["top5"]:.2f}%, loss {result["loss"]:.4f}'
+              + (f'; {result["bad_images"]} unreadable image(s) left out' if 'bad_images' in result else ''))
     return 0

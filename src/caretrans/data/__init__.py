@@ -1,8 +1,12 @@
 """Datasets for training and evaluation: Fashion-MNIST, ImageNet-style folders, synthetic images."""
 from .datasets import (
-    FASHION_MNIST_CLASSES, FashionMNIST, ImageFolderSafe, SyntheticImages, create_dataset, dataset_info,
+    CLASS_MAP_FILE, FASHION_MNIST_CLASSES, FashionMNIST, ImageFolderSafe, SyntheticImages, create_dataset,
+    dataset_info, folder_classes, read_class_map, recorded_classes, save_class_map,
 )
+from .images import MAX_IMAGE_PIXELS, UnreadableImageError, image_size, read_image
 
 __all__ = [
-    'FASHION_MNIST_CLASSES', 'FashionMNIST', 'ImageFolderSafe', 'SyntheticImages', 'create_dataset', 'dataset_info',
+    'CLASS_MAP_FILE', 'FASHION_MNIST_CLASSES', 'FashionMNIST', 'ImageFolderSafe', 'SyntheticImages', 'create_dataset',
+    'dataset_info', 'folder_classes', 'read_class_map', 'recorded_classes', 'save_class_map',
+    'MAX_IMAGE_PIXELS', 'UnreadableImageError', 'image_size', 'read_image',
 ]

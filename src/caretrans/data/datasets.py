@@ -2,13 +2,16 @@
 import gzip
 import logging
 import os
+from collections import Counter
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from .images import UnreadableImageError, image_size, read_image
 
 _logger = logging.getLogger(__name__)
 
@@ -18,6 +21,8 @@ FASHION_MNIST_CLASSES = (
     'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 _FASHION_MNIST_FILES = {'train': 'train', 'val': 't10k'}
 SPLITS = ('train', 'val')
+# In a run folder: the classes in label order, which `caretrans validate` and a resumed run label by.
+CLASS_MAP_FILE = 'class_map.txt'
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -76,60 +81,81 @@ def _download_fashion_mnist(split: str):
 
 
 class ImageFolderSafe(Dataset):
-    """An ImageNet-style split folder (one sub-folder per class) that skips unreadable images.
+    """An ImageNet-style split folder (one sub-folder per class) that leaves out unreadable images.
 
-    A file that fails to decode is logged with its path and counted in `num_bad_images`
-    (across DataLoader workers too); the next readable image takes its place, so a corrupt
-    file cannot stop a run hours in.
+    Labels follow `classes` (default: this folder's own class folders, sorted), matched by name,
+    so a split with fewer class folders keeps the indices of the full list. Every file's header is
+    opened when the folder is listed: files that cannot be opened or claim more than
+    MAX_IMAGE_PIXELS are left out. A file that opens but fails to decode gives the item None, which
+    `collate_readable` drops from its batch. Either way the path is logged and counted in
+    `num_bad_images` (across DataLoader workers too); no other image or label takes its place.
     """
 
     in_chans, native_size = 3, None
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-    def __init__(self, root: Path, transform: Optional[Callable] = None):
+    def __init__(self, root: Path, transform: Optional[Callable] = None, classes: Optional[Sequence[str]] = None):
         from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
         self.root = Path(root)
-        self.classes, class_to_idx = find_classes(str(self.root))
-        self.samples = make_dataset(str(self.root), class_to_idx, extensions=IMG_EXTENSIONS)
-        if not self.samples:
+        present, _ = find_classes(str(self.root))
+        self.classes = list(classes) if classes is not None else present
+        label_of = {name: i for i, name in enumerate(self.classes)}
+        unknown = [name for name in present if name not in label_of]
+        if unknown:
+            raise ValueError(f'{self.root} has class folder(s) that are not among the {len(self.classes)} training '
+                             f'classes: {", ".join(unknown)}')
+        files = make_dataset(str(self.root), {name: label_of[name] for name in present}, extensions=IMG_EXTENSIONS)
+        if not files:
             raise ValueError(f'{self.root} holds no images in its class folders')
+        self.samples, self.unreadable = _readable_files(files)
+        if not self.samples:
+            raise ValueError(f'{self.root}: none of its {len(files)} image files can be read '
+                             f'(e.g. {self.unreadable[0]}; each is logged above)')
         self.transform = transform
         # A flag per file in shared memory: DataLoader workers mark, the trainer counts, each file once.
         self._bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
 
     @property
     def num_bad_images(self) -> int:
-        return int(self._bad.sum())
+        return len(self.unreadable) + int(self._bad.sum())
 
     @property
     def bad_images(self) -> List[str]:
-        return [self.samples[i][0] for i in self._bad.nonzero().flatten().tolist()]
+        return self.unreadable + [self.samples[i][0] for i in self._bad.nonzero().flatten().tolist()]
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _load(self, path: str) -> Image.Image:
-        with open(path, 'rb') as f:
-            image = Image.open(f)
-            return image.convert('RGB')  # decodes now, so a corrupt file fails here
-
     def __getitem__(self, index: int):
-        for attempt in range(len(self.samples)):
-            i = (index + attempt) % len(self.samples)
-            if self._bad[i]:
-                continue
-            path, label = self.samples[i]
-            try:
-                image = self._load(path)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-                self._bad[i] = True
-                _logger.warning('skipping unreadable image %s: %s', path, e)
-                continue
-            if self.transform is not None:
-                image = self.transform(image)
-            return image, label
-        raise RuntimeError(f'no readable image in {self.root}')
+        """(image, label), or None if the file fails to decode."""
+        if self._bad[index]:
+            return None
+        path, label = self.samples[index]
+        try:
+            image = read_image(path)
+        except UnreadableImageError as e:
+            self._bad[index] = True
+            _logger.warning('skipping an unreadable image: %s', e)
+            return None
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+
+def _readable_files(files: List[Tuple[str, int]]) -> Tuple[List[Tuple[str, int]], List[str]]:
+    """Split (path, label) pairs by whether the file's header opens (about 1/100 of the cost of decoding
+    the file), logging the others."""
+    readable, unreadable = [], []
+    for path, label in files:
+        try:
+            image_size(path)
+        except UnreadableImageError as e:
+            _logger.warning('leaving out an unreadable image: %s', e)
+            unreadable.append(path)
+        else:
+            readable.append((path, label))
+    return readable, unreadable
 
 
 class SyntheticImages(Dataset):
@@ -166,22 +192,65 @@ class SyntheticImages(Dataset):
         return image, label
 
 
-def create_dataset(data: str, split: str, transform: Optional[Callable] = None, **kwargs) -> Dataset:
+def create_dataset(data: str, split: str, transform: Optional[Callable] = None,
+                   classes: Optional[Sequence[str]] = None, **kwargs) -> Dataset:
     """A dataset by name: 'fashion-mnist', 'synthetic' (kwargs: num_classes, image_size, length, seed)
-    or the path of a folder with train/ and val/ sub-folders of class folders."""
+    or the path of a folder with train/ and val/ sub-folders of class folders.
+
+    Labels follow `classes` (e.g. those a run recorded), else `folder_classes`: every split of a
+    folder is labelled by the same list. A split holding a class outside it is an error."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if data == 'fashion-mnist':
-        return FashionMNIST(split, transform, **kwargs)
-    if data == 'synthetic':
-        return SyntheticImages(split, transform, **kwargs)
+    if data in ('fashion-mnist', 'synthetic'):
+        dataset = (FashionMNIST if data == 'fashion-mnist' else SyntheticImages)(split, transform, **kwargs)
+        if classes is not None and list(classes) != list(dataset.classes):
+            raise ValueError(f'{data} has its own {len(dataset.classes)} classes, not the {len(classes)} given '
+                             f'(from {list(classes)[:3]}...; a class_map.txt of a run on other data?)')
+        return dataset
     root = Path(data)
     if not root.is_dir():
         raise ValueError(f"--data {data!r} is neither 'fashion-mnist', 'synthetic' nor an existing folder")
     if not (root / split).is_dir():
         raise ValueError(f'{root} has no {split}/ sub-folder (expected {root}/train and {root}/val, '
                          'each with one folder per class)')
-    return ImageFolderSafe(root / split, transform)
+    return ImageFolderSafe(root / split, transform, classes if classes is not None else folder_classes(root, split))
+
+
+def folder_classes(root: Path, split: str) -> List[str]:
+    """The classes of a data folder in label order: train/'s class folders sorted, as torchvision and timm
+    number them; the split's own folders when there is no train/ (e.g. an ImageNet val/ on its own)."""
+    from torchvision.datasets.folder import find_classes
+
+    source = root / 'train' if (root / 'train').is_dir() else root / split
+    return find_classes(str(source))[0]
+
+
+def save_class_map(classes: Sequence[str], path) -> Path:
+    """Write the class names in label order, one a line (timm's class_map.txt format)."""
+    bad = [name for name in classes if '\n' in name]
+    if bad:
+        raise ValueError(f'class names {bad!r} cannot be written one a line')
+    path = Path(path)
+    path.write_text(''.join(f'{name}\n' for name in classes), encoding='utf-8')
+    return path
+
+
+def read_class_map(path) -> List[str]:
+    """The class names of a class_map.txt in label order, checked: none empty, none twice."""
+    lines = Path(path).read_text(encoding='utf-8').split('\n')
+    classes = [line.rstrip('\r') for line in (lines[:-1] if lines[-1] == '' else lines)]
+    if not classes or '' in classes:
+        raise ValueError(f'{path} must list one class name a line, without blank lines')
+    twice = sorted(name for name, n in Counter(classes).items() if n > 1)
+    if twice:
+        raise ValueError(f'{path} lists class(es) more than once: {", ".join(twice)}')
+    return classes
+
+
+def recorded_classes(run_dir) -> Optional[List[str]]:
+    """The classes a run recorded in its folder (its CLASS_MAP_FILE), or None if it holds none."""
+    path = Path(run_dir) / CLASS_MAP_FILE
+    return read_class_map(path) if path.is_file() else None
 
 
 def dataset_info(dataset: Dataset) -> Dict[str, object]:

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
-__all__ = ['default_img_size', 'build_transform', 'SeededItems', 'BlockShardSampler', 'create_train_loader',
-           'create_eval_loader']
+__all__ = ['default_img_size', 'build_transform', 'SeededItems', 'BlockShardSampler', 'collate_readable',
+           'create_train_loader', 'create_eval_loader']
 
 
 def default_img_size(native_size: Optional[int]) -> int:
@@ -134,8 +134,16 @@ def _ignore_stop_signals(worker_id: int):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def collate_readable(items):
+    """default_collate of the items that were read: an unreadable file's item is None, and leaves its
+    batch instead of another image taking its place. None when no item of the batch was read."""
+    read = [item for item in items if item is not None]
+    return default_collate(read) if read else None
+
+
 def create_train_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, accum: int = 1,
-                        seed: int = 0, workers: int = 0, collate_fn=None, pin_memory: bool = False) -> DataLoader:
+                        seed: int = 0, workers: int = 0, collate_fn=collate_readable,
+                        pin_memory: bool = False) -> DataLoader:
     """Training batches through a BlockShardSampler, each item augmented as `SeededItems` draws it;
     the trainer sets `loader.sampler.set_epoch(epoch, start_batch)` and `loader.dataset.epoch`."""
     sampler = BlockShardSampler(len(dataset), batch_size, rank, world_size, accum, seed)
@@ -147,7 +155,9 @@ def create_train_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_
 
 def create_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, workers: int = 0,
                        pin_memory: bool = False) -> DataLoader:
-    """Every sample exactly once across ranks (rank r takes r, r + W, ...); no padding, so counts are exact."""
+    """Every sample exactly once across ranks (rank r takes r, r + W, ...); no padding, and unreadable
+    images dropped (`collate_readable`), so counts are exact."""
     indices = range(rank, len(dataset), world_size)
     return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, pin_memory=pin_memory, worker_init_fn=_ignore_stop_signals)
+                      num_workers=workers, collate_fn=collate_readable, pin_memory=pin_memory,
+                      worker_init_fn=_ignore_stop_signals)

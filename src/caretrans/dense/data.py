@@ -4,14 +4,16 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+
+from ..data import images
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
@@ -28,19 +30,67 @@ class DataError(ValueError):
     """An annotation file, record or image that cannot be used, named in the message."""
 
 
-def read_image(path: Path, mode: str = 'RGB') -> Image.Image:
-    """Open an image fully (so that truncated files fail here), converted to `mode` if given."""
+def read_image(path: Path, mode: Optional[str] = 'RGB') -> Image.Image:
+    """caretrans.data's reader (decoded in full, within its pixel limit), its errors DataErrors."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert(mode) if mode else img.copy()
-    except FileNotFoundError:
-        raise DataError(f'image {path} does not exist') from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f'image {path} cannot be read: {e}') from e
+        return images.read_image(path, mode)
+    except images.UnreadableImageError as e:
+        raise DataError(str(e)) from e
 
 
 # ---------------------------------------------------------------- COCO
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _rle_string_runs(counts: str) -> Optional[List[int]]:
+    """The run lengths of a compressed COCO RLE string, or None if it is not one.
+
+    pycocotools' C decoder (rleFrString) trusts its input: a string that ends inside a number is
+    read past its end, and negative runs are written past the mask. So the string is decoded here
+    first, the same way: 5-bit groups offset by 48, 0x20 continues a number, 0x10 in the last group
+    is the sign, and from the fourth on each run is a difference to the run two before."""
+    runs, p = [], 0
+    while p < len(counts):
+        value, shift = 0, 0
+        while True:
+            if p == len(counts):
+                return None
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            value |= (c & 0x1f) << shift
+            p, shift = p + 1, shift + 5
+            if not c & 0x20:
+                if c & 0x10:
+                    value -= 1 << shift
+                break
+        runs.append(value + runs[-2] if len(runs) > 2 else value)
+    return runs
+
+
+def _check_rle(seg: dict, height: int, width: int) -> Optional[str]:
+    """What is wrong with an RLE segmentation, compressed (a string) or not (a list), or None."""
+    if 'counts' not in seg or 'size' not in seg:
+        return "an RLE segmentation needs 'counts' and 'size'"
+    if seg['size'] != [height, width]:
+        return f"RLE size {seg['size']!r} differs from the image's [height, width] [{height}, {width}]"
+    counts = seg['counts']
+    if isinstance(counts, str):
+        runs = _rle_string_runs(counts)
+        if runs is None:
+            return f'RLE counts {counts[:40]!r} is not a compressed RLE string'
+    elif isinstance(counts, list) and all(_is_int(c) for c in counts):
+        runs = counts
+    else:
+        return f'RLE counts must be a compressed string or a list of integer run lengths, got {counts!r:.60}'
+    if any(run < 0 for run in runs):
+        return f'RLE counts hold a negative run length ({min(runs)})'
+    if sum(runs) != height * width:
+        return f'RLE run lengths add up to {sum(runs)} pixels, not height x width = {height * width}'
+    return None
+
 
 def _check_segmentation(seg, height: int, width: int) -> Optional[str]:
     """What is wrong with a COCO segmentation (polygons, RLE or uncompressed RLE), or None."""
@@ -49,15 +99,11 @@ def _check_segmentation(seg, height: int, width: int) -> Optional[str]:
             return 'segmentation is an empty polygon list'
         for poly in seg:
             if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2 or \
-                    not all(isinstance(v, (int, float)) for v in poly):
+                    not all(isinstance(v, (int, float)) and math.isfinite(v) for v in poly):
                 return 'each polygon must be a flat list of at least 3 (x, y) number pairs'
         return None
     if isinstance(seg, dict):
-        if 'counts' not in seg or 'size' not in seg:
-            return "an RLE segmentation needs 'counts' and 'size'"
-        if list(seg['size']) != [height, width]:
-            return f"RLE size {seg['size']} differs from the image's [height, width] [{height}, {width}]"
-        return None
+        return _check_rle(seg, height, width)
     return f'segmentation must be polygons (a list) or RLE (a dict), got {type(seg).__name__}'
 
 
@@ -73,22 +119,31 @@ def _check_coco(data, source: str, require_masks: bool):
         where = f"{source}: images[{i}]"
         if not isinstance(img, dict) or not all(k in img for k in ('id', 'file_name', 'height', 'width')):
             raise DataError(f"{where} needs 'id', 'file_name', 'height' and 'width'")
+        if not _is_int(img['id']):
+            raise DataError(f"{where}: id must be an integer, got {img['id']!r}")
         if img['id'] in images:
             raise DataError(f"{where}: duplicate image id {img['id']}")
+        if not (_is_int(img['height']) and _is_int(img['width']) and img['height'] > 0 and img['width'] > 0):
+            raise DataError(f"{where} (id {img['id']}): height and width must be positive integers, "
+                            f"got {img['height']!r} and {img['width']!r}")
+        if not isinstance(img['file_name'], str) or not img['file_name']:
+            raise DataError(f"{where} (id {img['id']}): file_name must be a file name, got {img['file_name']!r}")
         images[img['id']] = img
     categories = set()
     for i, cat in enumerate(data['categories']):
         if not isinstance(cat, dict) or 'id' not in cat or 'name' not in cat:
             raise DataError(f"{source}: categories[{i}] needs 'id' and 'name'")
+        if not _is_int(cat['id']):
+            raise DataError(f"{source}: categories[{i}]: id must be an integer, got {cat['id']!r}")
         categories.add(cat['id'])
     for i, ann in enumerate(data['annotations']):
         ann_id = ann.get('id') if isinstance(ann, dict) else None
-        where = f'{source}: annotations[{i}] (id {ann_id})'
-        if not isinstance(ann, dict) or 'id' not in ann:
-            raise DataError(f"{where} is not an object with an 'id'")
-        if ann.get('image_id') not in images:
+        where = f'{source}: annotations[{i}] (id {ann_id!r})'
+        if not isinstance(ann, dict) or not _is_int(ann_id):
+            raise DataError(f"{where} is not an object with an integer 'id'")
+        if not _is_int(ann.get('image_id')) or ann['image_id'] not in images:
             raise DataError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
-        if ann.get('category_id') not in categories:
+        if not _is_int(ann.get('category_id')) or ann['category_id'] not in categories:
             raise DataError(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'")
         bbox = ann.get('bbox')
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)

@@ -3,9 +3,6 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
-import numpy as np
-import torch
-
 
 def dataset_batches(data: str, split: str, count: int, img_size: int, in_chans: int,
                     batch_size: int = 32, crop_pct: float = 0.875) -> Iterator[tuple]:
@@ -14,6 +11,7 @@ def dataset_batches(data: str, split: str, count: int, img_size: int, in_chans: 
     from timm.data import create_transform
 
     from ..data import create_dataset, dataset_info
+    from ..data.loader import collate_readable
 
     dataset = create_dataset(data, split)
     info = dataset_info(dataset)
@@ -24,8 +22,9 @@ def dataset_batches(data: str, split: str, count: int, img_size: int, in_chans: 
                                          mean=tuple(info['mean']), std=tuple(info['std']))
     count = min(count, len(dataset))
     for start in range(0, count, batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, count))]
-        yield torch.stack([x for x, _ in items]).numpy(), np.array([y for _, y in items])
+        batch = collate_readable([dataset[i] for i in range(start, min(start + batch_size, count))])
+        if batch is not None:
+            yield batch[0].numpy(), batch[1].numpy()
 
 
 def quantize_onnx(float_path, output, data: str, count: int = 256, img_size: int = 224, in_chans: int = 3,

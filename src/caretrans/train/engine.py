@@ -72,8 +72,9 @@ def train_one_epoch(
     micro_losses = []
     start = time.perf_counter()
     next_batch = start_batch  # stays put when a resumed epoch has no batches left
-    for batch, (images, targets) in enumerate(loader, start=start_batch):
+    for batch, items in enumerate(loader, start=start_batch):
         next_batch = batch + 1
+        images, targets = _usable_batch(items, batch, pairs=mixup_fn is not None)
         images, targets = images.to(ctx.device, non_blocking=True), targets.to(ctx.device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -133,6 +134,18 @@ def train_one_epoch(
     return EpochResult(loss_sum, loss_count, _rate(images_seen, start, ctx), next_batch, False)
 
 
+def _usable_batch(items, batch: int, pairs: bool):
+    """A micro-batch without its unreadable images (dropped by the loader's collate_readable); mixup pairs
+    images, so an odd one out goes too. One with nothing left cannot join its optimiser step (under DDP
+    every rank must), so it stops the run."""
+    if items is not None and pairs and len(items[1]) % 2:
+        items = items[0][:-1], items[1][:-1]
+    if items is None or not len(items[1]):
+        raise ValueError(f'training batch {batch} has no readable image{" pair" if pairs else ""} left: the '
+                         'unreadable files are logged above; remove them')
+    return items
+
+
 def _rate(images: int, start: float, ctx: DistributedContext) -> float:
     return images * ctx.world_size / max(time.perf_counter() - start, 1e-9)
 
@@ -147,8 +160,10 @@ def evaluate(model: nn.Module, loader, ctx: DistributedContext, autocast=context
     correct = torch.zeros(2, dtype=torch.float64, device=ctx.device)
     count = torch.zeros((), dtype=torch.float64, device=ctx.device)
     confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.int64, device=ctx.device)
-    for images, targets in loader:
-        images, targets = images.to(ctx.device), targets.to(ctx.device)
+    for batch in loader:
+        if batch is None:  # every image of it was unreadable, and left out
+            continue
+        images, targets = batch[0].to(ctx.device), batch[1].to(ctx.device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast():
@@ -165,7 +180,9 @@ def evaluate(model: nn.Module, loader, ctx: DistributedContext, autocast=context
     if ctx.is_distributed:
         for t in (loss_sum, correct, count, confusion):
             torch.distributed.all_reduce(t)
-    n = max(count.item(), 1)
+    if count.item() == 0:
+        raise ValueError('no image of the evaluation data could be read (each unreadable file is logged above)')
+    n = count.item()
     result = dict(loss=loss_sum.item() / n, top1=100 * correct[0].item() / n, top5=100 * correct[1].item() / n,
                   count=int(count.item()))
     if num_classes:

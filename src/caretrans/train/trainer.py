@@ -6,7 +6,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import timm
@@ -16,7 +16,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
-from ..data import create_dataset, dataset_info
+from ..data import CLASS_MAP_FILE, create_dataset, dataset_info, recorded_classes, save_class_map
 from ..data.loader import build_transform, create_eval_loader, create_train_loader, default_img_size
 from ..models.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .checkpointing import (
@@ -46,6 +46,8 @@ class TrainResult:
     run_dir: Path
     model: torch.nn.Module      # the trained model (not the EMA), unwrapped from DDP
     img_size: int
+    in_chans: int
+    classes: List[str]          # in label order
 
 
 def train(recipe: Recipe, run_dir, resume: Optional[str] = None, device: Optional[str] = None,
@@ -63,13 +65,17 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
     _seed_everything(recipe.seed + ctx.rank, recipe.deterministic)
     state = _read_resume_state(resume, recipe) if resume else None
 
-    # Data: datasets, timm transforms, block-sharded loaders, mixup/cutmix.
-    info = dataset_info(create_dataset(recipe.data, 'val'))
+    # Data: datasets labelled by one class list (a resumed run's own), timm transforms, block-sharded
+    # loaders, mixup/cutmix.
+    classes = recorded_classes(Path(resume).parent) if resume else None
+    train_set = create_dataset(recipe.data, 'train', classes=classes)
+    info = dataset_info(train_set)
     img_size = recipe.img_size or default_img_size(info['native_size'])
     num_classes = recipe.num_classes or info['num_classes']
     in_chans = recipe.in_chans or info['in_chans']
-    train_set = create_dataset(recipe.data, 'train', _transform(recipe, info, img_size, training=True))
-    val_set = create_dataset(recipe.data, 'val', _transform(recipe, info, img_size, training=False))
+    train_set.transform = _transform(recipe, info, img_size, training=True)
+    val_set = create_dataset(recipe.data, 'val', _transform(recipe, info, img_size, training=False),
+                             classes=info['classes'])
     train_loader = create_train_loader(train_set, recipe.batch_size, ctx.rank, ctx.world_size,
                                        recipe.grad_accum_steps, recipe.seed, recipe.workers,
                                        pin_memory=ctx.device.type == 'cuda')
@@ -105,6 +111,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
     if ctx.is_primary:
         run_dir.mkdir(parents=True, exist_ok=True)
         recipe.save(run_dir / 'recipe.yaml')
+        save_class_map(info['classes'], run_dir / CLASS_MAP_FILE)
         metrics_log.truncate('epoch', epoch)
         print(f'{recipe.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, '
               f'{len(train_set)} training / {len(val_set)} validation images at {img_size}x{img_size}, '
@@ -146,7 +153,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
                     print(f'stopped by {stop.signal or "a signal on another rank"} at epoch {epoch}, batch '
                           f'{result.next_batch}; resume with --resume {run_dir / "last.pth"}', flush=True)
                 return TrainResult(stop.signal or 'stopped', epoch, global_step, last_eval, best_top1, run_dir,
-                                   model, img_size)
+                                   model, img_size, in_chans, info['classes'])
 
             _sync_buffers(model, ctx)
             last_eval = evaluate(model, val_loader, ctx, autocast, recipe.channels_last,
@@ -182,7 +189,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
                                                              if bad_images else ''), flush=True)
     if writer is not None:
         writer.close()
-    return TrainResult('finished', epoch, global_step, last_eval, best_top1, run_dir, model, img_size)
+    return TrainResult('finished', epoch, global_step, last_eval, best_top1, run_dir, model, img_size, in_chans,
+                       info['classes'])
 
 
 def _seed_everything(seed: int, deterministic: bool):
