@@ -105,10 +105,12 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
     epoch, start_batch, global_step, best_top1, epoch_loss = 0, 0, 0, float('-inf'), (0.0, 0)
     if state is not None:
         # A schedule saved for fewer epochs is not restored: timm schedulers hold only their settings,
-        # so the one built for recipe.epochs continues from global_step.
+        # so the one built for recipe.epochs continues from global_step (and sets the next step's lr).
         extended = state['recipe']['epochs'] != recipe.epochs
         epoch, start_batch, global_step, best_top1, epoch_loss = _restore(
             state, model, ema, optimizer, None if extended else scheduler, scaler)
+        if extended:
+            scheduler.step_update(num_updates=global_step)
     ddp_model = _distribute(model, recipe, ctx)
 
     metrics_log = MetricsLogger(run_dir, enabled=ctx.is_primary)
