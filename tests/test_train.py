@@ -1,6 +1,7 @@
 """Training: recipe and flags, distillation loss, a short run that learns, checkpoints, NaN stop, validate."""
 import dataclasses
 import json
+from contextlib import nullcontext
 
 import pytest
 import timm
@@ -10,7 +11,7 @@ from PIL import Image
 
 from caretrans.cli import build_parser, main as cli_main
 from caretrans.cli.train import build_recipe
-from caretrans.models.checkpoint import CheckpointError, load_checkpoint
+from caretrans.models.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from caretrans.train.checkpointing import load_training_state
 from caretrans.train.engine import TrainingDiverged
 from caretrans.train.loss import DistillationLoss, base_criterion
@@ -261,9 +262,55 @@ def test_resume_refuses_another_model_or_recipe(tmp_path, capsys):
     assert 'another recipe' in err and 'lr: 0.002 -> 0.1' in err
     with pytest.raises(CheckpointError, match="checkpoint of 'care_s0', not of 'care_s1'"):
         train(Recipe(**dict(TINY, model='care_s1', epochs=1)), run, resume=last, progress=False)
-    # A finished run resumed with more epochs? That changes the schedule: refused too.
-    with pytest.raises(CheckpointError, match='epochs: 1 -> 2'):
-        train(Recipe(**dict(TINY, epochs=2)), run, resume=last, progress=False)
+    # Epochs may grow on resume (next test), never shrink.
+    with pytest.raises(CheckpointError, match='epochs: 2 -> 1'):
+        state = load_training_state(last)
+        state['recipe']['epochs'] = 2
+        torch.save(state, tmp_path / 'two.pth')
+        train(Recipe(**dict(TINY, epochs=1)), run, resume=str(tmp_path / 'two.pth'), progress=False)
+
+
+def test_resume_continues_with_the_runs_recipe_and_more_epochs(tmp_path, capsys):
+    run = tmp_path / 'run'
+    assert cli_main(['train', '--recipe', str(_write_recipe(tmp_path, epochs=1)), '--output', str(run),
+                     '--no-progress']) == 0
+    capsys.readouterr()
+    # A finished run resumed as it was: nothing to train, said so, success.
+    assert cli_main(['train', '--recipe', str(tmp_path / 'recipe.yaml'), '--resume', str(run / 'last.pth'),
+                     '--no-progress']) == 0
+    assert f'{run / "last.pth"} has finished its 1 epochs: nothing to train' in capsys.readouterr().out
+    # No flags: the run's own recipe.yaml and folder; a larger --epochs trains on.
+    assert cli_main(['train', '--resume', str(run), '--epochs', '3', '--no-progress']) == 0
+    state = load_training_state(run / 'last.pth')
+    assert (state['epoch'], state['global_step'], state['recipe']['epochs']) == (3, 24, 3)
+    assert load_recipe(str(run / 'recipe.yaml')) == Recipe(**dict(TINY, epochs=3))
+    records = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in records] == [0, 1, 2]
+    # The cosine schedule spans the 3 epochs now: after step 16 of 24 it is a quarter of the way down from
+    # lr to min_lr (the 1-epoch schedule would have stayed at min_lr).
+    lr, min_lr = TINY['lr'], Recipe().min_lr
+    assert records[1]['lr'] == pytest.approx(min_lr + 0.25 * (lr - min_lr))
+    assert cli_main(['train', '--resume', str(run), '--epochs', '2', '--no-progress']) == 2
+    assert 'epochs: 3 -> 2' in capsys.readouterr().err
+
+
+def test_initial_checkpoint_fine_tunes_with_a_fresh_classifier(tmp_path, capsys):
+    released = timm.create_model('care_s0').state_dict()  # 1000 classes, saved as the authors did
+    torch.save(released, tmp_path / 'CARETrans_S0.pth.tar')
+    ours = timm.create_model('care_s0', num_classes=10).state_dict()
+    save_atomic(ours, tmp_path / 'ours.safetensors')
+    recipe = str(_write_recipe(tmp_path, epochs=1, lr=0.0, min_lr=0.0))  # the weights stay the checkpoint's
+    for source, weights, keeps_head in (('CARETrans_S0.pth.tar', released, False), ('ours.safetensors', ours, True)):
+        run = tmp_path / source.split('.')[0]
+        with pytest.warns(UserWarning, match='classifier shapes differ') if not keeps_head else nullcontext():
+            assert cli_main(['train', '--recipe', recipe, '--initial-checkpoint', str(tmp_path / source),
+                             '--output', str(run), '--no-progress']) == 0
+        trained = load_training_state(run / 'last.pth')
+        assert trained['recipe']['initial_checkpoint'] == str(tmp_path / source)
+        for key in ('stem.conv.weight', 'stages.2.blocks.3.inter2.fc2.weight'):
+            assert torch.equal(trained['model'][key], weights[key]), key
+        assert trained['model']['head.fc.weight'].shape == (10, 1024)
+        assert torch.equal(trained['model']['head.fc.weight'], weights['head.fc.weight']) == keeps_head
 
 
 def test_training_with_a_teacher_checkpoint(tmp_path, capsys):

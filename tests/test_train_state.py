@@ -1,7 +1,9 @@
 """Training building blocks: RNG capture, atomic state files, signals, metrics log, distributed context."""
 import csv
 import json
+import os
 import random
+import stat
 import subprocess
 import sys
 
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from caretrans.models.checkpoint import CheckpointError
+from caretrans.models.checkpoint import CheckpointError, save_atomic
 from caretrans.train.checkpointing import (
     GracefulStop, capture_rng_state, load_training_state, restore_rng_state, save_training_state,
 )
@@ -42,6 +44,29 @@ def test_training_state_is_atomic_and_bad_files_are_clear(tmp_path):
     save_training_state(path, [1, 2])
     with pytest.raises(CheckpointError, match='not a training state'):
         load_training_state(path)
+
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o002, 0o077])
+@pytest.mark.parametrize('name', ['last.pth', 'model.safetensors'])
+def test_checkpoints_follow_the_umask(tmp_path, umask, name):
+    previous = os.umask(umask)
+    try:
+        save_atomic({'w': torch.ones(2)}, tmp_path / name)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
+
+
+def test_stale_temp_files_of_a_killed_save_are_removed_by_the_next_save(tmp_path):
+    # What a process killed inside torch.save leaves: a half-written temp file beside the checkpoint.
+    save_training_state(tmp_path / 'last.pth', dict(epoch=1))
+    (tmp_path / '.last.pth.3f2a9c0d1e7b.tmp').write_bytes(b'PK\x03\x04 half a zip')
+    (tmp_path / '.best.pth.0123456789ab.tmp').write_bytes(b'another file\'s')
+    assert load_training_state(tmp_path / 'last.pth')['epoch'] == 1  # the temp file is never read
+    save_training_state(tmp_path / 'last.pth', dict(epoch=2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['.best.pth.0123456789ab.tmp', 'last.pth']
+    assert load_training_state(tmp_path / 'last.pth')['epoch'] == 2
 
 
 _GRACEFUL_STOP_CHECK = """

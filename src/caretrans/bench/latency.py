@@ -12,11 +12,8 @@ import timm
 import torch
 import torch.nn as nn
 
-CARE_MODELS = ('care_s0', 'care_s1', 'care_s2')
-# The peers of the paper's Table 1 that timm has.
-PEERS = ('mobilenetv2_100', 'mobilenetv2_140', 'mobileone_s0', 'mobileone_s1', 'mobileone_s2', 'mobileone_s3',
-         'mobileone_s4', 'fastvit_t8', 'fastvit_t12', 'fastvit_s12', 'fastvit_sa12', 'efficientformer_l1',
-         'deit_tiny_patch16_224', 'pvt_v2_b0', 'resnet18')
+from .catalog import CARE_MODELS, PEERS, RUNTIMES
+
 # ImageNet-1k top-1 (%) from the paper's Table 1.
 PAPER_TOP1 = {
     'care_s0': 78.4, 'care_s1': 80.1, 'care_s2': 82.1, 'mobilenetv2_100': 71.8, 'mobilenetv2_140': 74.7,
@@ -24,7 +21,6 @@ PAPER_TOP1 = {
     'fastvit_t8': 76.7, 'fastvit_t12': 80.3, 'fastvit_s12': 80.9, 'fastvit_sa12': 81.9,
     'deit_tiny_patch16_224': 72.2, 'pvt_v2_b0': 70.5,
 }
-RUNTIMES = ('eager', 'onnxruntime', 'openvino')
 REFERENCE = ('care_s0', 'fused')
 
 

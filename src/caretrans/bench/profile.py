@@ -6,10 +6,6 @@ import timm
 import torch
 import torch.nn as nn
 
-with warnings.catch_warnings():  # fvcore scripts a loss at import, which torch deprecates
-    warnings.simplefilter('ignore', FutureWarning)
-    from fvcore.nn import FlopCountAnalysis
-
 # Paper figures: Table 5 (params incl. distillation head, GMACs at 224) and Table 2
 # (backbone GMACs at 512x512, forward_features only).
 PAPER_FIGURES = {
@@ -36,6 +32,10 @@ def count_params(model: nn.Module) -> int:
 
 def count_macs(model: nn.Module, img_size: int = 224, in_chans: int = 3, features_only: bool = False) -> int:
     """Multiply-accumulates of one image, counted by fvcore (its 'flops' are MACs)."""
+    with warnings.catch_warnings():  # fvcore scripts a loss at import, which torch deprecates
+        warnings.simplefilter('ignore', FutureWarning)
+        from fvcore.nn import FlopCountAnalysis  # the 'profile' extra: the core install does without it
+
     model = model.eval()
     target = _Features(model) if features_only else model
     with torch.no_grad():

@@ -21,10 +21,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The optional packages and the extra that installs each (pyproject.toml).
+EXTRAS = {
+    'tqdm': 'train', 'matplotlib': 'train', 'tensorboard': 'train', 'fvcore': 'profile', 'onnx': 'export',
+    'onnxruntime': 'export', 'onnxscript': 'export', 'coremltools': 'export', 'openvino': 'export',
+    'pycocotools': 'dense',
+}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except (ValueError, FileNotFoundError) as e:
         print(f'caretrans {args.command}: error: {e}', file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        package = (e.name or '').split('.')[0]
+        if package not in EXTRAS:
+            raise
+        print(f"caretrans {args.command}: error: {package} is not installed; "
+              f"pip install 'caretrans[{EXTRAS[package]}]' (or 'caretrans[all]')", file=sys.stderr)
         return 2

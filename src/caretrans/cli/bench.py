@@ -4,7 +4,7 @@ import os
 
 
 def add_parser(subparsers):
-    from ..bench.latency import CARE_MODELS, PEERS, RUNTIMES
+    from ..bench.catalog import CARE_MODELS, PEERS, RUNTIMES
 
     p = subparsers.add_parser('bench', help='latency side by side (eager, ONNX Runtime, OpenVINO), interleaved')
     p.add_argument('--models', nargs='+', default=list(CARE_MODELS + PEERS), metavar='MODEL',

@@ -3,11 +3,11 @@ import difflib
 import os
 from typing import Iterable
 
-import timm
-
 
 def check_model_names(names: Iterable[str]):
     """Raise a ValueError for a model name timm does not know, suggesting close matches."""
+    import timm
+
     known = set(timm.list_models())
     for name in names:
         if name not in known:

@@ -19,8 +19,8 @@ def add_parser(subparsers):
         description='Every recipe flag overrides the preset/YAML given with --recipe. '
                     'Under torchrun (`torchrun --nproc_per_node N -m caretrans train ...`) each process '
                     'takes --batch-size images per micro-step.')
-    p.add_argument('--recipe', default='imagenet',
-                   help=f'preset ({", ".join(PRESETS)}) or a recipe YAML (default: imagenet, the paper\'s)')
+    p.add_argument('--recipe', help=f'preset ({", ".join(PRESETS)}) or a recipe YAML (default: imagenet, the '
+                   f'paper\'s; with --resume, the run\'s own recipe.yaml)')
     for f in dataclasses.fields(Recipe):
         flags = [f'--{f.name.replace("_", "-")}'] + ([_SHORT[f.name]] if f.name in _SHORT else [])
         kind = _base_type(f.type)
@@ -32,8 +32,9 @@ def add_parser(subparsers):
         else:
             kwargs.update(type=kind, metavar=f.name.upper())
         p.add_argument(*flags, **kwargs)
-    p.add_argument('--output', help='run folder (default: runs/MODEL-DATA)')
-    p.add_argument('--resume', metavar='FILE', help='a last.pth to continue from (same model and recipe)')
+    p.add_argument('--output', help='run folder (default: runs/MODEL-DATA; with --resume, the run\'s)')
+    p.add_argument('--resume', metavar='RUN', help="a run folder or its last.pth to continue, with the run's "
+                   'recipe (flags that would change it are refused, except a larger --epochs)')
     p.add_argument('--device', help='cpu, cuda or cuda:N (default: cuda if available, one GPU per local rank)')
     p.add_argument('--threads', type=int, help='torch CPU threads per process (default: torch\'s choice)')
     p.add_argument('--tensorboard', action='store_true', help='also log to RUN/tensorboard')
@@ -50,11 +51,18 @@ def _base_type(annotation):
     return _base_type(args[0]) if args else annotation
 
 
+def resume_file(resume: str) -> str:
+    """The training state to resume from: a run folder's last.pth (never a temp file beside it), or the file given."""
+    return os.path.join(resume, 'last.pth') if os.path.isdir(resume) else resume
+
+
 def build_recipe(args):
-    """The preset or YAML named by --recipe, with every recipe flag given on the command line applied."""
+    """The preset or YAML named by --recipe (else the resumed run's recipe.yaml, else the paper's), with every
+    recipe flag given on the command line applied."""
     from ..train.recipe import Recipe, load_recipe
 
-    recipe = load_recipe(args.recipe)
+    saved = os.path.join(os.path.dirname(resume_file(args.resume)), 'recipe.yaml') if args.resume else None
+    recipe = load_recipe(args.recipe or (saved if saved and os.path.isfile(saved) else 'imagenet'))
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if getattr(args, f.name) is not None}
     if 'scale' in given:
         given['scale'] = tuple(given['scale'])
@@ -72,28 +80,32 @@ def run(args):
     from ..train.trainer import train
     from .common import check_model_names, refuse_to_overwrite_run
 
+    resume = resume_file(args.resume) if args.resume else None
     recipe = build_recipe(args)
     check_model_names([recipe.model] + ([recipe.teacher] if recipe.teacher else []))
     if args.threads:
         torch.set_num_threads(args.threads)
     data_name = os.path.basename(recipe.data.rstrip('/')) or 'data'
-    run_dir = args.output or os.path.join('runs', f'{recipe.model}-{data_name}')
-    if args.resume is None:
+    if args.output:
+        run_dir = args.output
+    else:
+        run_dir = (os.path.dirname(resume) or '.') if resume else os.path.join('runs', f'{recipe.model}-{data_name}')
+    if resume is None:
         refuse_to_overwrite_run(run_dir, f'--resume {run_dir}/last.pth')
     primary = int(os.environ.get('RANK', '0')) == 0
     if primary:
         print(recipe.to_yaml(), end='', flush=True)
     start = time.perf_counter()
     try:
-        result = train(recipe, run_dir, resume=args.resume, device=args.device, progress=args.progress,
+        result = train(recipe, run_dir, resume=resume, device=args.device, progress=args.progress,
                        tensorboard=args.tensorboard)
     except TrainingDiverged as e:
         print(f'caretrans train: error: {e}', file=sys.stderr)
         return 3
     minutes = (time.perf_counter() - start) / 60
-    if result.status != 'finished':
+    if result.status not in ('finished', 'already finished'):
         return 143 if result.status == 'SIGTERM' else 130
-    if not primary:
+    if not primary or result.status == 'already finished':
         return 0
 
     # The closing summary: params, GMACs, the last evaluation and its confusion matrix.

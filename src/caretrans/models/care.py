@@ -701,6 +701,8 @@ def checkpoint_filter_fn(state_dict: dict, model: CareTransformer, source: str =
 
 
 def _create_care(variant: str, pretrained: bool = False, **kwargs) -> CareTransformer:
+    if pretrained:
+        _check_released_weights_given(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     return build_model_with_cfg(
         CareTransformer,
@@ -712,9 +714,40 @@ def _create_care(variant: str, pretrained: bool = False, **kwargs) -> CareTransf
     )
 
 
-def _cfg(**kwargs):
+# The authors' release: code and README at RELEASE_REPO, checkpoints (CARETrans_S0.pth.tar and so on,
+# plain state_dicts) in a Google Drive folder linked from that README. No hub serves them, so timm
+# cannot download them: pass the file with pretrained_cfg_overlay=dict(file=...).
+RELEASE_REPO = 'https://github.com/zhouyuan888888/CARE-Transformer'
+RELEASE_WEIGHTS = 'https://drive.google.com/drive/folders/1UGRHQKjBGY8EjUtsHLsy9VBXp7rfUqkf'
+
+
+def released_file_name(variant: str) -> str:
+    """The file name of a variant's released checkpoint: care_s0 -> CARETrans_S0.pth.tar."""
+    return f'CARETrans_{variant.split("_")[-1].upper()}.pth.tar'
+
+
+def _check_released_weights_given(variant: str, pretrained_cfg, overlay):
+    """pretrained=True needs a weights source; say where the release is instead of timm's generic error."""
+    from pathlib import Path
+
+    from timm.models import resolve_pretrained_cfg
+
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg, overlay)
+    if cfg.source in ('hf-hub', 'local-dir') or cfg.state_dict is not None or cfg.url or cfg.hf_hub_id:
+        return
+    file = released_file_name(variant)
+    how = (f"download {file} from the authors' release ({RELEASE_WEIGHTS}, linked from {RELEASE_REPO}) and "
+           f"pass it: timm.create_model('{variant}', pretrained=True, pretrained_cfg_overlay=dict(file='{file}'))")
+    if not cfg.file:
+        raise RuntimeError(f'{variant}: no hub serves the released weights; {how}')
+    if not Path(cfg.file).is_file():
+        raise FileNotFoundError(f'{variant}: pretrained weights file {cfg.file} does not exist; {how}')
+
+
+def _cfg(variant: str, **kwargs):
     return {
         'url': '',
+        'hf_hub_id': '',
         'num_classes': 1000,
         'input_size': (3, 224, 224),
         'pool_size': (7, 7),
@@ -724,19 +757,23 @@ def _cfg(**kwargs):
         'std': (0.229, 0.224, 0.225),
         'first_conv': 'stem.conv',
         'classifier': ('head.fc', 'head_dist.fc'),
-        'license': 'apache-2.0',
+        'origin_url': RELEASE_REPO,
         'paper_ids': 'CVPR 2025',
         'paper_name': 'CARE Transformer: Mobile-Friendly Linear Visual Transformer via Decoupled Dual Interaction',
+        'notes': (
+            f"Released weights: {released_file_name(variant)} from {RELEASE_WEIGHTS}; load with "
+            f"pretrained_cfg_overlay=dict(file='{released_file_name(variant)}').",
+            'The licence of the released weights is not stated in the release README; check the release '
+            'repository before redistributing them.',
+        ),
         **kwargs,
     }
 
 
-# The released weights are not on any hub we may fetch from: load them with
-# pretrained_cfg_overlay=dict(file='CARETrans_S0.pth.tar').
 default_cfgs = generate_default_cfgs({
-    'care_s0.in1k': _cfg(),
-    'care_s1.in1k': _cfg(),
-    'care_s2.in1k': _cfg(),
+    'care_s0.in1k': _cfg('care_s0'),
+    'care_s1.in1k': _cfg('care_s1'),
+    'care_s2.in1k': _cfg('care_s2'),
 })
 
 # Architecture of each variant (docs/architecture.md, "Variants").

@@ -1,7 +1,9 @@
 """Safe checkpoint reading, validation against a model, and atomic writing."""
+import glob
 import os
 import pickle
-import tempfile
+import stat
+import uuid
 import warnings
 import zipfile
 from pathlib import Path
@@ -111,23 +113,30 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True) -> nn
 def save_atomic(obj: Any, path: PathLike) -> Path:
     """Write with torch.save (or safetensors for a '.safetensors' path) through a temp file and rename.
 
-    A reader never sees a half-written file: the rename is atomic on POSIX file systems.
+    A reader never sees a half-written file: the rename is atomic on POSIX file systems. The file gets
+    the permissions `open()` would give it (0o666 less the umask). Temp files of earlier writes of the
+    same path, left by a process killed mid-save, are removed once this write is in place (one writer
+    per path is assumed, as for a run folder).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    tmp = path.parent / f'.{path.name}.{uuid.uuid4().hex[:12]}.tmp'
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
     try:
         if path.suffix == '.safetensors':
             from safetensors.torch import save_file
-            save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
+            save_file({k: v.contiguous() for k, v in obj.items()}, str(tmp))
         else:
             torch.save(obj, tmp)
+        os.chmod(tmp, mode)  # safetensors writes 0o600 whatever the umask
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+    for stale in path.parent.glob(f'.{glob.escape(path.name)}.*.tmp'):
+        stale.unlink(missing_ok=True)
     return path

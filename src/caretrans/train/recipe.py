@@ -35,6 +35,9 @@ class Recipe(RecipeFields):
     model: str = field(default='care_s0', metadata=dict(help='timm model name'))
     drop_path: float = field(default=0.1, metadata=dict(help='stochastic depth rate'))
     in_chans: Optional[int] = field(default=None, metadata=dict(help="input channels (default: the data's)"))
+    initial_checkpoint: Optional[str] = field(default=None, metadata=dict(
+        help='weights to start from (ours, released .pth.tar or safetensors); a classifier of another '
+             'class count is left fresh'))
     # data
     data: str = field(default='', metadata=dict(help="'fashion-mnist', 'synthetic' or a folder with train/ and val/"))
     num_classes: Optional[int] = field(default=None, metadata=dict(help="default: the data's"))

@@ -32,22 +32,23 @@ __all__ = ['train', 'TrainResult', 'TrainingDiverged', 'RESUMABLE_FIELDS']
 
 _logger = logging.getLogger(__name__)
 
-# Recipe fields a resumed run may change: they do not alter what is computed.
+# Recipe fields a resumed run may change: they do not alter what is computed. `epochs` may also
+# grow: the run trains on with its schedule recomputed for the new length.
 RESUMABLE_FIELDS = ('workers',)
 
 
 @dataclass
 class TrainResult:
-    status: str                 # 'finished' or the name of the signal that stopped the run
+    status: str                 # 'finished', 'already finished' (resumed at its end) or the signal that stopped it
     epoch: int                  # epochs completed
     global_step: int
     metrics: Dict[str, Any]     # the last evaluation (top1, top5, loss)
     best_top1: float
     run_dir: Path
-    model: torch.nn.Module      # the trained model (not the EMA), unwrapped from DDP
-    img_size: int
-    in_chans: int
-    classes: List[str]          # in label order
+    model: Optional[torch.nn.Module]  # the trained model (not the EMA), unwrapped from DDP; None if nothing ran
+    img_size: Optional[int]
+    in_chans: Optional[int]
+    classes: Optional[List[str]]      # in label order
 
 
 def train(recipe: Recipe, run_dir, resume: Optional[str] = None, device: Optional[str] = None,
@@ -64,6 +65,12 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
            progress: bool, tensorboard: bool) -> TrainResult:
     _seed_everything(recipe.seed + ctx.rank, recipe.deterministic)
     state = _read_resume_state(resume, recipe) if resume else None
+    if state is not None and state['epoch'] >= recipe.epochs:
+        if ctx.is_primary:
+            print(f'{resume} has finished its {state["epoch"]} epochs: nothing to train '
+                  f'(a larger --epochs continues it)', flush=True)
+        return TrainResult('already finished', state['epoch'], state['global_step'], {}, state['best_top1'],
+                           run_dir, None, None, None, None)
 
     # Data: datasets labelled by one class list (a resumed run's own), timm transforms, block-sharded
     # loaders, mixup/cutmix.
@@ -84,9 +91,12 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
 
     # Model (and EMA, teacher), loss, optimiser and schedule.
     model = timm.create_model(recipe.model, num_classes=num_classes, in_chans=in_chans,
-                              drop_path_rate=recipe.drop_path).to(ctx.device)
+                              drop_path_rate=recipe.drop_path)
+    if recipe.initial_checkpoint and state is None:
+        load_checkpoint(model, recipe.initial_checkpoint)  # a classifier of another class count stays fresh
     if hasattr(model, 'set_distilled_training'):
         model.set_distilled_training(True)  # both heads learn, as the release trains them (DistillationLoss)
+    model = model.to(ctx.device)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     teacher = _teacher(recipe, num_classes, in_chans, ctx.device)
@@ -102,8 +112,13 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
 
     epoch, start_batch, global_step, best_top1, epoch_loss = 0, 0, 0, float('-inf'), (0.0, 0)
     if state is not None:
+        # A schedule saved for fewer epochs is not restored: timm schedulers hold only their settings,
+        # so the one built for recipe.epochs continues from global_step (and sets the next step's lr).
+        extended = state['recipe']['epochs'] != recipe.epochs
         epoch, start_batch, global_step, best_top1, epoch_loss = _restore(
-            state, model, ema, optimizer, scheduler, scaler)
+            state, model, ema, optimizer, None if extended else scheduler, scaler)
+        if extended:
+            scheduler.step_update(num_updates=global_step)
     ddp_model = _distribute(model, recipe, ctx)
 
     metrics_log = MetricsLogger(run_dir, enabled=ctx.is_primary)
@@ -269,7 +284,9 @@ def _read_resume_state(path: str, recipe: Recipe) -> Dict[str, Any]:
     if state['recipe'].get('model') != recipe.model:
         raise CheckpointError(f'{path} is a checkpoint of {state["recipe"].get("model")!r}, '
                               f'not of {recipe.model!r}')
-    changed = recipe_changes(state['recipe'], recipe.to_dict(), free=RESUMABLE_FIELDS)
+    saved_epochs = state['recipe'].get('epochs')
+    changed = recipe_changes(state['recipe'], recipe.to_dict(),
+                             free=RESUMABLE_FIELDS + (('epochs',) if recipe.epochs >= saved_epochs else ()))
     if changed:
         raise CheckpointError(f'{path} was trained with another recipe; resuming would not continue that run. '
                               f'Differences: ' + '; '.join(changed))
@@ -281,7 +298,8 @@ def _restore(state, model, ema, optimizer, scheduler, scaler):
     if ema is not None and state.get('ema') is not None:
         ema.module.load_state_dict(state['ema'])
     optimizer.load_state_dict(state['optimizer'])
-    scheduler.load_state_dict(state['scheduler'])
+    if scheduler is not None:
+        scheduler.load_state_dict(state['scheduler'])
     if scaler is not None and state.get('scaler') is not None:
         scaler.load_state_dict(state['scaler'])
     restore_rng_state(state['rng'])
