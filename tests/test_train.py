@@ -172,10 +172,10 @@ def test_train_and_validate_label_a_folder_by_trains_classes(tmp_path, capsys):
     assert result.classes == ['blue', 'grey', 'red'] and result.model.num_classes == 3
     assert (tmp_path / 'run' / 'class_map.txt').read_text() == 'blue\ngrey\nred\n'
     assert result.metrics['confusion'].sum(1).tolist() == [4, 0, 4]
-    # Resuming labels by the run's classes too: a class folder added since is refused.
+    # Resuming (for one more epoch) labels by the run's classes too: a class folder added since is refused.
     (data / 'train' / 'green').mkdir()
     with pytest.raises(ValueError, match='train has class folder.* not among the 3 training classes: green'):
-        train(Recipe(**dict(TINY, data=str(data), batch_size=4, epochs=2, lr=1e-2)), tmp_path / 'run',
+        train(Recipe(**dict(TINY, data=str(data), batch_size=4, epochs=3, lr=1e-2)), tmp_path / 'run',
               resume=str(tmp_path / 'run' / 'last.pth'), progress=False)
     (data / 'train' / 'green').rmdir()
     capsys.readouterr()
