@@ -20,3 +20,9 @@ def refuse_to_overwrite_run(run_dir: str, resume_flag: str):
     """Raise a ValueError if `run_dir` already holds a run (its last.pth): a new run would overwrite it."""
     if os.path.exists(os.path.join(run_dir, 'last.pth')):
         raise ValueError(f'{run_dir} already holds a run; continue it with {resume_flag} or choose another --output')
+
+
+def run_exit_code(status: str) -> int:
+    """A training command's exit status: 0 when the run finished; when a signal stopped it (after
+    saving), the shell's 128 + signal number: 143 for SIGTERM, 130 for SIGINT (or another rank's signal)."""
+    return {'finished': 0, 'SIGTERM': 143}.get(status, 130)

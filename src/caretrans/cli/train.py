@@ -71,7 +71,7 @@ def run(args):
     from ..train.engine import TrainingDiverged
     from ..train.report import summarize
     from ..train.trainer import train
-    from .common import check_model_names, refuse_to_overwrite_run
+    from .common import check_model_names, refuse_to_overwrite_run, run_exit_code
 
     recipe = build_recipe(args)
     check_model_names([recipe.model] + ([recipe.teacher] if recipe.teacher else []))
@@ -93,7 +93,7 @@ def run(args):
         return 3
     minutes = (time.perf_counter() - start) / 60
     if result.status != 'finished':
-        return 143 if result.status == 'SIGTERM' else 130
+        return run_exit_code(result.status)
     if not primary:
         return 0
 

@@ -60,7 +60,7 @@ def _print_metrics(metrics, as_json: bool):
 
 
 def _run_train(args):
-    from ..cli.common import check_model_names, refuse_to_overwrite_run
+    from ..cli.common import check_model_names, refuse_to_overwrite_run, run_exit_code
     from .train import train
 
     if not args.resume:
@@ -70,6 +70,8 @@ def _run_train(args):
     recipe = _recipe(args, args.task, saved if args.resume and os.path.isfile(saved) else _DEFAULT_PRESET[args.task])
     check_model_names([recipe.model])
     metrics = train(recipe, args.output, resume=args.resume, device=args.device, progress=not args.no_progress)
+    if metrics['status'] != 'finished':
+        return run_exit_code(metrics['status'])
     if _is_primary():
         _print_metrics(metrics, args.json)
 

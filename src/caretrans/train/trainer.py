@@ -21,6 +21,7 @@ from ..data.loader import build_transform, create_eval_loader, create_train_load
 from ..models.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .checkpointing import (
     GracefulStop, capture_rng_state, load_training_state, recipe_changes, restore_rng_state, save_training_state,
+    stop_notice,
 )
 from .distributed import DistributedContext, cleanup_distributed, setup_distributed
 from .engine import TrainingDiverged, evaluate, train_one_epoch
@@ -141,8 +142,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
             if result.stopped:
                 checkpoint('last.pth', epoch, result.next_batch, (result.loss_sum, result.loss_count))
                 if ctx.is_primary:
-                    print(f'stopped by {stop.signal or "a signal on another rank"} at epoch {epoch}, batch '
-                          f'{result.next_batch}; resume with --resume {run_dir / "last.pth"}', flush=True)
+                    print(stop_notice(stop, epoch, result.next_batch, f'--resume {run_dir / "last.pth"}'), flush=True)
                 return TrainResult(stop.signal or 'stopped', epoch, global_step, last_eval, best_top1, run_dir,
                                    model, img_size)
 
