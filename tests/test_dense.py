@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -274,3 +275,23 @@ def test_segmentation_crop_pads_labels_with_ignore():
     x, y = segmentation_train_transform(crop_size=64, scale=40, ratio_range=(1.0, 1.0))(image, label)
     assert x.shape == (3, 64, 64) and x.dtype == torch.float32 and y.shape == (64, 64)
     assert set(y.unique().tolist()) == {1, 255}  # the shorter side is padded with the ignore index
+
+
+# ---------------------------------------------------------------- losses and recipes
+
+def test_segmentation_loss_of_an_all_ignored_batch_is_zero_without_gradient():
+    from caretrans.dense.tasks import SegmentationTask
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 1)
+    images = torch.randn(2, 3, 8, 8)
+    ignored = torch.full((2, 8, 8), 255)
+    loss = SegmentationTask.loss(model, (images, ignored), 'cpu')
+    assert loss.item() == 0.0  # 'mean' cross-entropy over no pixel is 0 / 0: NaN
+    loss.backward()
+    assert model.weight.grad.abs().sum() == 0 and model.bias.grad.abs().sum() == 0
+    # With labelled pixels, it is the mean over them, as F.cross_entropy computes it.
+    labels = ignored.clone()
+    labels[0, :3] = 1
+    labels[1, 5:, :2] = 3
+    expected = F.cross_entropy(model(images), labels, ignore_index=255)
+    torch.testing.assert_close(SegmentationTask.loss(model, (images, labels), 'cpu'), expected)
