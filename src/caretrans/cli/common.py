@@ -26,3 +26,11 @@ def run_exit_code(status: str) -> int:
     """A training command's exit status: 0 when the run finished; when a signal stopped it (after
     saving), the shell's 128 + signal number: 143 for SIGTERM, 130 for SIGINT (or another rank's signal)."""
     return {'finished': 0, 'SIGTERM': 143}.get(status, 130)
+
+
+def check_at_least(args, **minimums):
+    """Raise a ValueError for an option given below its minimum (options left at None are not checked)."""
+    for option, minimum in minimums.items():
+        value = getattr(args, option)
+        if value is not None and value < minimum:
+            raise ValueError(f'--{option.replace("_", "-")} {value}: expected at least {minimum}')

@@ -71,11 +71,12 @@ def run(args):
     from ..train.engine import TrainingDiverged
     from ..train.report import summarize
     from ..train.trainer import train
-    from .common import check_model_names, refuse_to_overwrite_run, run_exit_code
+    from .common import check_at_least, check_model_names, refuse_to_overwrite_run, run_exit_code
 
+    check_at_least(args, threads=1)
     recipe = build_recipe(args)
     check_model_names([recipe.model] + ([recipe.teacher] if recipe.teacher else []))
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     data_name = os.path.basename(recipe.data.rstrip('/')) or 'data'
     run_dir = args.output or os.path.join('runs', f'{recipe.model}-{data_name}')

@@ -66,9 +66,10 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
 
     # Data: datasets, timm transforms, block-sharded loaders, mixup/cutmix.
     info = dataset_info(create_dataset(recipe.data, 'val'))
-    img_size = recipe.img_size or default_img_size(info['native_size'])
-    num_classes = recipe.num_classes or info['num_classes']
-    in_chans = recipe.in_chans or info['in_chans']
+    _check_fits_data(recipe, info)
+    img_size = recipe.img_size if recipe.img_size is not None else default_img_size(info['native_size'])
+    num_classes = recipe.num_classes if recipe.num_classes is not None else info['num_classes']
+    in_chans = recipe.in_chans if recipe.in_chans is not None else info['in_chans']
     train_set = create_dataset(recipe.data, 'train', _transform(recipe, info, img_size, training=True))
     val_set = create_dataset(recipe.data, 'val', _transform(recipe, info, img_size, training=False))
     train_loader = create_train_loader(train_set, recipe.batch_size, ctx.rank, ctx.world_size,
@@ -181,6 +182,16 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
     if writer is not None:
         writer.close()
     return TrainResult('finished', epoch, global_step, last_eval, best_top1, run_dir, model, img_size)
+
+
+def _check_fits_data(recipe: Recipe, info: Dict[str, Any]):
+    """Refuse, before any work, a class count or channel count the data does not allow."""
+    if recipe.num_classes is not None and recipe.num_classes < info['num_classes']:
+        raise ValueError(f'recipe field num_classes: {recipe.num_classes} is too few for {recipe.data}, which has '
+                         f'{info["num_classes"]} classes')
+    if recipe.in_chans is not None and recipe.in_chans != info['in_chans']:
+        raise ValueError(f'recipe field in_chans: {recipe.in_chans} does not fit {recipe.data}, whose images have '
+                         f'{info["in_chans"]} channel(s)')
 
 
 def _seed_everything(seed: int, deterministic: bool):
