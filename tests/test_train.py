@@ -10,7 +10,7 @@ from PIL import Image
 
 from caretrans.cli import build_parser, main as cli_main
 from caretrans.cli.train import build_recipe
-from caretrans.models.checkpoint import CheckpointError, load_checkpoint
+from caretrans.models.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from caretrans.train.checkpointing import load_training_state
 from caretrans.train.engine import TrainingDiverged
 from caretrans.train.loss import DistillationLoss, base_criterion
@@ -204,7 +204,6 @@ def test_resume_refuses_another_model_or_recipe(tmp_path, capsys):
 
 def test_training_with_a_teacher_checkpoint(tmp_path, capsys):
     import pickle
-    from caretrans.models.checkpoint import save_atomic
     teacher = timm.create_model('resnet18', num_classes=10)
     save_atomic(teacher.state_dict(), tmp_path / 'teacher.safetensors')
     run = ['train', '--recipe', str(_write_recipe(tmp_path, epochs=1)), '--no-progress', '--teacher', 'resnet18']
@@ -259,3 +258,18 @@ def test_class_and_channel_counts_the_data_does_not_allow(tmp_path):
     with pytest.raises(ValueError, match='num_classes: 5 is too few for synthetic, which has 10 classes'):
         train(Recipe(**dict(TINY, num_classes=5)), tmp_path / 'run', progress=False)
     assert not (tmp_path / 'run').exists()
+
+
+def test_validate_refuses_a_checkpoint_whose_head_does_not_fit_the_data(tmp_path, capsys):
+    # A 1000-class (ImageNet) checkpoint on 10-class data would be scored with a random 10-class head.
+    save_atomic(timm.create_model('care_s0', num_classes=1000).state_dict(), tmp_path / 'in1k.safetensors')
+    argv = ['validate', '--checkpoint', str(tmp_path / 'in1k.safetensors'), '--data', 'synthetic', '--img-size', '32',
+            '-j', '0', '--json']
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert 'in1k.safetensors classifies 1000 classes but the model has 10 (those of synthetic val)' in err
+    assert cli_main(argv + ['--num-classes', '100']) == 2
+    assert 'but the model has 100 (--num-classes)' in capsys.readouterr().err
+    assert cli_main(['validate', '--checkpoint', str(tmp_path / 'in1k.safetensors'), '--data', 'synthetic',
+                     '--img-size', '0']) == 2
+    assert '--img-size 0: expected at least 32' in capsys.readouterr().err

@@ -24,27 +24,13 @@ def add_parser(subparsers):
     p.set_defaults(func=run)
 
 
-def _head_shape(checkpoint) -> dict:
-    """num_classes and in_chans of a checkpoint, so that it loads into a model of its own shape."""
-    from ..models.care import unwrap_state_dict
-
-    state_dict = unwrap_state_dict(checkpoint)
-    out = {}
-    head = state_dict.get('head.fc.weight')
-    if head is not None:
-        out['num_classes'] = head.shape[0]
-    stem = state_dict.get('stem.conv.weight', state_dict.get('stem.0.weight'))
-    if stem is not None and stem.ndim == 4:
-        out['in_chans'] = stem.shape[1]
-    return out
-
-
 def _build(args):
     import timm
 
     from ..models import load_checkpoint, read_checkpoint, reparameterize
+    from .common import checkpoint_shape
 
-    kwargs = _head_shape(read_checkpoint(args.checkpoint)) if args.checkpoint else {}
+    kwargs = checkpoint_shape(read_checkpoint(args.checkpoint)) if args.checkpoint else {}
     model = timm.create_model(args.model, **kwargs)
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)
