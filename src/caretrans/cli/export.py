@@ -68,11 +68,17 @@ def _int8(args, model, report):
 
 def run(args):
     from ..export import export_model
-    from .common import check_model_names
+    from ..export.convert import check_export_request
+    from .common import check_at_least, check_model_names
 
+    # Everything that would fail is refused before the model is built.
     check_model_names([args.model])
     if args.int8 and args.format != 'onnx':
         raise ValueError('--int8 quantises the ONNX export: use it with --format onnx')
+    check_at_least(args, calib_count=1, eval_count=0)
+    if not 0 < args.crop_pct <= 1:
+        raise ValueError(f'--crop-pct {args.crop_pct}: expected a fraction in (0, 1]')
+    check_export_request(args.format, args.output, args.img_size, args.dynamic_batch)
     model = _build(args)
     report = export_model(model, args.format, args.output, args.img_size, args.dynamic_batch)
     report.update(model=args.model, checkpoint=args.checkpoint, reparameterized=args.reparameterize)
