@@ -302,7 +302,8 @@ def test_segmentation_loss_of_an_all_ignored_batch_is_zero_without_gradient():
 
 @pytest.mark.parametrize('task,recipe', [('det', 'shapes-seg'), ('seg', 'shapes-det'), ('det', 'ade20k')])
 def test_a_recipe_for_the_other_task_is_refused(tmp_path, capsys, task, recipe):
-    assert cli_main([task, 'train', '--recipe', recipe, '--data', str(tmp_path), '--output', str(tmp_path / 'run')]) == 2
+    argv = [task, 'train', '--recipe', recipe, '--data', str(tmp_path), '--output', str(tmp_path / 'run')]
+    assert cli_main(argv) == 2
     assert f"recipe {recipe!r} is a {'seg' if task == 'det' else 'det'!r} recipe, not a {task!r} one" in \
         capsys.readouterr().err
     assert cli_main([task, 'eval', '--checkpoint', str(tmp_path / 'x.pth'), '--recipe', recipe]) == 2
@@ -325,7 +326,8 @@ def test_yaml_recipes_say_their_task_or_take_the_commands(tmp_path, capsys):
     (['--batch-size', '0'], 'batch_size: 0 is not valid'),
     (['--lr', '-1'], 'lr: -1.0 is not valid; expected a number >= 0'),
     (['--eval-every', '0'], 'eval_every: 0 is not valid'),
-    (['--ratio-range', '2', '0.5'], 'ratio_range: [2.0, 0.5] is not valid; expected a list of 2 numbers > 0, low to high'),
+    (['--ratio-range', '2', '0.5'],
+     'ratio_range: [2.0, 0.5] is not valid; expected a list of 2 numbers > 0, low to high'),
     (['--norm', 'group'], "norm: 'group' is not valid; expected one of 'frozen', 'sync', 'batch'"),
     (['--warmup-ratio', '2'], 'warmup_ratio: 2.0 is not valid'),
 ])

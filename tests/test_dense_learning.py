@@ -138,8 +138,8 @@ def test_stopped_run_resumes_exactly(shapes, tmp_path, monkeypatch, capsys):
 def test_sigterm_stops_a_dense_run_like_a_classification_run(tmp_path):
     make_shapes_dataset(tmp_path / 'data', num_train=4, num_val=1, image_size=64, seed=0)
     run = tmp_path / 'run'
-    cmd = [sys.executable, '-m', 'caretrans', 'seg', 'train', '--recipe', 'shapes-seg', '--data', str(tmp_path / 'data'),
-           '--output', str(run), '--no-progress', '--crop-size', '64', '--scale', '64', '--batch-size', '2',
+    cmd = [sys.executable, '-m', 'caretrans', 'seg', 'train', '--recipe', 'shapes-seg', '--output', str(run),
+           '--data', str(tmp_path / 'data'), '--no-progress', '--crop-size', '64', '--scale', '64', '--batch-size', '2',
            '--min-size', '64', '--epochs', '1000']
     proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

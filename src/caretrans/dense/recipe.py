@@ -43,7 +43,8 @@ class DenseRecipe(RecipeFields):
     reduce_zero_label: bool = field(default=True, metadata=dict(help='seg: label 0 is "other", ignored'))
     min_size: int = field(default=800, metadata=dict(
         help='det: shorter side of the resized image; seg: of the evaluated image', min=MIN_INPUT_SIZE))
-    max_size: int = field(default=1333, metadata=dict(help='longer side limit of those resized images', min=MIN_INPUT_SIZE))
+    max_size: int = field(default=1333, metadata=dict(
+        help='longer side limit of those resized images', min=MIN_INPUT_SIZE))
     crop_size: int = field(default=512, metadata=dict(help='seg: training crop', min=MIN_INPUT_SIZE))
     scale: int = field(default=512, metadata=dict(help='seg: shorter side before the random ratio', min=1))
     ratio_range: Tuple[float, float] = field(default=(0.5, 2.0), metadata=dict(

@@ -57,7 +57,8 @@ def _check_field(name: str, value: Any, annotation: Any, bounds: Dict[str, Any])
         kind = annotation
         fits, expected = _fits(value, kind, bounds), _expected(kind, bounds)
     if not fits:
-        raise ValueError(f'recipe field {name}: {_show(value)} is not valid; expected {expected}{_yaml_hint(value, kind)}')
+        raise ValueError(f'recipe field {name}: {_show(value)} is not valid; expected {expected}'
+                         + _yaml_hint(value, kind))
 
 
 def _fits(value: Any, kind: type, bounds: Dict[str, Any]) -> bool:
@@ -69,7 +70,8 @@ def _fits(value: Any, kind: type, bounds: Dict[str, Any]) -> bool:
     elif not isinstance(value, kind):
         return False
     return (('min' not in bounds or value >= bounds['min']) and ('max' not in bounds or value <= bounds['max'])
-            and ('above' not in bounds or value > bounds['above']) and ('below' not in bounds or value < bounds['below'])
+            and ('above' not in bounds or value > bounds['above'])
+            and ('below' not in bounds or value < bounds['below'])
             and ('choices' not in bounds or value in bounds['choices']))
 
 
@@ -136,7 +138,8 @@ class Recipe(RecipeFields):
     warmup_epochs: float = field(default=5, metadata=dict(min=0))
     warmup_lr: float = field(default=1e-6, metadata=dict(min=0))
     min_lr: float = field(default=1e-5, metadata=dict(min=0))
-    clip_grad: Optional[float] = field(default=None, metadata=dict(help='gradient-norm clipping (default: off)', above=0))
+    clip_grad: Optional[float] = field(default=None, metadata=dict(
+        help='gradient-norm clipping (default: off)', above=0))
     # distillation (DeiT, hard)
     teacher: Optional[str] = field(default=None, metadata=dict(help='timm model name of the teacher'))
     teacher_checkpoint: Optional[str] = field(default=None, metadata=dict(help="the teacher's weights"))
