@@ -7,14 +7,18 @@ import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
+import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
 
 from caretrans.bench.profile import PAPER_FIGURES, count_macs
+from caretrans.cli import main as cli_main
 from caretrans.dense import maskrcnn, semantic_fpn
 from caretrans.dense.data import (AdeSegmentation, CocoInstances, DataError, detection_transform, load_coco,
                                   segmentation_train_transform)
 from caretrans.dense.metrics import SegmentationMeter, coco_metrics, detections_to_coco
+from caretrans.dense.recipe import PRESETS, DenseRecipe, load_recipe
 from caretrans.models import CheckpointError
 
 # pycocotools 2.0.11 with NumPy 2 warns on every mask decode.
@@ -331,3 +335,70 @@ def test_segmentation_crop_pads_labels_with_ignore():
     x, y = segmentation_train_transform(crop_size=64, scale=40, ratio_range=(1.0, 1.0))(image, label)
     assert x.shape == (3, 64, 64) and x.dtype == torch.float32 and y.shape == (64, 64)
     assert set(y.unique().tolist()) == {1, 255}  # the shorter side is padded with the ignore index
+
+
+# ---------------------------------------------------------------- losses and recipes
+
+def test_segmentation_loss_of_an_all_ignored_batch_is_zero_without_gradient():
+    from caretrans.dense.tasks import SegmentationTask
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 1)
+    images = torch.randn(2, 3, 8, 8)
+    ignored = torch.full((2, 8, 8), 255)
+    loss = SegmentationTask.loss(model, (images, ignored), 'cpu')
+    assert loss.item() == 0.0  # 'mean' cross-entropy over no pixel is 0 / 0: NaN
+    loss.backward()
+    assert model.weight.grad.abs().sum() == 0 and model.bias.grad.abs().sum() == 0
+    # With labelled pixels, it is the mean over them, as F.cross_entropy computes it.
+    labels = ignored.clone()
+    labels[0, :3] = 1
+    labels[1, 5:, :2] = 3
+    expected = F.cross_entropy(model(images), labels, ignore_index=255)
+    torch.testing.assert_close(SegmentationTask.loss(model, (images, labels), 'cpu'), expected)
+
+
+@pytest.mark.parametrize('task,recipe', [('det', 'shapes-seg'), ('seg', 'shapes-det'), ('det', 'ade20k')])
+def test_a_recipe_for_the_other_task_is_refused(tmp_path, capsys, task, recipe):
+    argv = [task, 'train', '--recipe', recipe, '--data', str(tmp_path), '--output', str(tmp_path / 'run')]
+    assert cli_main(argv) == 2
+    assert f"recipe {recipe!r} is a {'seg' if task == 'det' else 'det'!r} recipe, not a {task!r} one" in \
+        capsys.readouterr().err
+    assert cli_main([task, 'eval', '--checkpoint', str(tmp_path / 'x.pth'), '--recipe', recipe]) == 2
+    assert 'recipe, not a' in capsys.readouterr().err
+
+
+def test_yaml_recipes_say_their_task_or_take_the_commands(tmp_path, capsys):
+    seg = DenseRecipe(**PRESETS['shapes-seg'])
+    (tmp_path / 'seg.yaml').write_text(yaml.safe_dump(seg.to_dict()))
+    assert cli_main(['det', 'train', '--recipe', str(tmp_path / 'seg.yaml'), '--output', str(tmp_path / 'run')]) == 2
+    assert "is a 'seg' recipe, not a 'det' one" in capsys.readouterr().err
+    (tmp_path / 'no_task.yaml').write_text(yaml.safe_dump({k: v for k, v in seg.to_dict().items() if k != 'task'}))
+    assert load_recipe(str(tmp_path / 'no_task.yaml'), 'seg') == seg
+    assert load_recipe(str(tmp_path / 'no_task.yaml'), 'det').task == 'det'
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--crop-size', '0'], 'recipe field crop_size: 0 is not valid; expected an integer >= 32'),
+    (['--epochs', '-1'], 'epochs: -1 is not valid; expected an integer >= 1'),
+    (['--batch-size', '0'], 'batch_size: 0 is not valid'),
+    (['--lr', '-1'], 'lr: -1.0 is not valid; expected a number >= 0'),
+    (['--eval-every', '0'], 'eval_every: 0 is not valid'),
+    (['--ratio-range', '2', '0.5'],
+     'ratio_range: [2.0, 0.5] is not valid; expected a list of 2 numbers > 0, low to high'),
+    (['--norm', 'group'], "norm: 'group' is not valid; expected one of 'frozen', 'sync', 'batch'"),
+    (['--warmup-ratio', '2'], 'warmup_ratio: 2.0 is not valid'),
+])
+def test_bad_dense_recipe_flags_are_refused_before_any_work(tmp_path, capsys, flags, message):
+    argv = ['seg', 'train', '--recipe', 'shapes-seg', '--data', str(tmp_path), '--output', str(tmp_path / 'run')]
+    assert cli_main(argv + flags) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / 'run').exists()
+
+
+def test_bad_dense_yaml_values_name_the_file_and_field(tmp_path):
+    (tmp_path / 'r.yaml').write_text('task: seg\nbatch_size: "8"\n')
+    with pytest.raises(ValueError, match=r"r\.yaml: recipe field batch_size: '8' is not valid; expected an integer"):
+        load_recipe(str(tmp_path / 'r.yaml'))
+    (tmp_path / 'r.yaml').write_text('task: seg\nlr: fast\n')
+    with pytest.raises(ValueError, match=r"recipe field lr: 'fast' is not valid; expected a number >= 0"):
+        load_recipe(str(tmp_path / 'r.yaml'))

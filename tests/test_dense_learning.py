@@ -1,6 +1,11 @@
 """The synthetic shapes data, and the det / seg commands learning on it end to end."""
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +18,7 @@ from caretrans.dense.data import AdeSegmentation, CocoInstances
 from caretrans.dense.metrics import SegmentationMeter
 from caretrans.dense.recipe import DenseRecipe, PRESETS
 from caretrans.dense.synthetic import SEMANTIC_CLASSES, make_shapes_dataset
+from caretrans.train.checkpointing import load_training_state
 
 
 # pycocotools 2.0.11 with NumPy 2 warns on every mask decode.
@@ -71,7 +77,7 @@ def test_detection_learns(shapes, tmp_path, capsys):
     assert metrics['bbox_AP50'] > 0.4 and metrics['segm_AP50'] > 0.4 and metrics['bbox_AP'] > 0.1
     assert {'last.pth', 'model.safetensors', 'recipe.yaml', 'metrics.csv', 'curves.png'} <= {p.name for p in run.iterdir()}
     again = _run_json(capsys, ['det', 'eval', '--checkpoint', str(run / 'model.safetensors'), '--json'])
-    assert again == pytest.approx({k: v for k, v in metrics.items() if k not in ('epoch', 'stopped')})
+    assert again == pytest.approx({k: v for k, v in metrics.items() if k not in ('epoch', 'status')})
 
 
 def test_segmentation_learns(shapes, tmp_path, capsys):
@@ -88,7 +94,9 @@ def test_segmentation_learns(shapes, tmp_path, capsys):
 
 
 class _StopAfter:
-    """GracefulStop that 'receives a signal' after `steps` optimiser steps."""
+    """GracefulStop that 'receives a SIGTERM' after `steps` optimiser steps."""
+
+    signal = 'SIGTERM'
 
     def __init__(self, steps):
         self.steps, self.checks = steps, 0
@@ -112,7 +120,7 @@ def test_stopped_run_resumes_exactly(shapes, tmp_path, monkeypatch, capsys):
     with monkeypatch.context() as m:
         m.setattr(train_module, 'GracefulStop', lambda: _StopAfter(3))  # mid-way through epoch 1 of 2
         stopped = train_module.train(recipe, tmp_path / 'resumed', progress=False)
-    assert stopped['stopped'] and not (tmp_path / 'resumed' / 'model.safetensors').exists()
+    assert stopped['status'] == 'SIGTERM' and not (tmp_path / 'resumed' / 'model.safetensors').exists()
     # Through the command line: a new run over it is refused, so is a resume that changes the recipe;
     # a plain --resume continues with the run's own recipe (read back from its recipe.yaml).
     base = ['seg', 'train', '--output', str(tmp_path / 'resumed'), '--no-progress']
@@ -124,6 +132,27 @@ def test_stopped_run_resumes_exactly(shapes, tmp_path, monkeypatch, capsys):
     assert cli_main(base + ['--resume']) == 0
     a, b = (load_file(tmp_path / d / 'model.safetensors') for d in ('straight', 'resumed'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.xdist_group('processes')
+def test_sigterm_stops_a_dense_run_like_a_classification_run(tmp_path):
+    make_shapes_dataset(tmp_path / 'data', num_train=4, num_val=1, image_size=64, seed=0)
+    run = tmp_path / 'run'
+    cmd = [sys.executable, '-m', 'caretrans', 'seg', 'train', '--recipe', 'shapes-seg', '--output', str(run),
+           '--data', str(tmp_path / 'data'), '--no-progress', '--crop-size', '64', '--scale', '64', '--batch-size', '2',
+           '--min-size', '64', '--epochs', '1000']
+    proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and not (run / 'last.pth').exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first epoch's checkpoint: the training loop is running
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out
+    state = load_training_state(run / 'last.pth')
+    assert f"stopped by SIGTERM at epoch {state['epoch']}, batch {state['next_batch']}; " \
+           f'resume with --resume --output {run}' in out
+    assert not (run / 'model.safetensors').exists()
 
 
 def test_bad_annotations_fail_the_command_with_the_record_named(shapes, tmp_path, capsys):

@@ -8,8 +8,8 @@ import timm
 import torch
 
 import caretrans
-from caretrans.cli import main as cli_main
-from caretrans.export import ExportCheckError, export_model, onnx_session
+from caretrans.cli import export as export_cli, main as cli_main
+from caretrans.export import ExportCheckError, convert, export_model, onnx_session
 from caretrans.export.convert import check_onnx
 
 
@@ -74,3 +74,49 @@ def test_export_cli_with_a_checkpoint(tmp_path, capsys):
     assert cli_main(['export', '--format', 'torchscript', '--output', str(tmp_path / 'm.pt'),
                      '--int8', 'synthetic']) == 2
     assert '--int8 quantises the ONNX export' in capsys.readouterr().err
+
+
+def test_export_of_non_finite_weights_fails_and_leaves_nothing(tmp_path, capsys):
+    model = timm.create_model('care_s0', num_classes=10)
+    sd = dict(model.state_dict())
+    sd['head.fc.bias'] = torch.full_like(sd['head.fc.bias'], float('nan'))
+    caretrans.save_atomic(sd, tmp_path / 'nan.safetensors')
+    out = tmp_path / 'exports' / 'm.onnx'
+    with pytest.warns(UserWarning, match=r'hold NaN or inf values.*head\.fc\.bias'):
+        rc = cli_main(['export', '--checkpoint', str(tmp_path / 'nan.safetensors'), '--format', 'onnx',
+                       '--img-size', '32', '--output', str(out)])
+    assert rc == 2
+    assert 'the PyTorch model outputs NaN or inf' in capsys.readouterr().err
+    assert list((tmp_path / 'exports').iterdir()) == []  # neither the unverified model nor a temp file
+
+
+def test_a_failed_check_keeps_an_earlier_export(tmp_path, monkeypatch):
+    tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    out = tmp_path / 'm.pt'
+    export_model(tiny, 'torchscript', out, img_size=32)
+    before = out.read_bytes()
+
+    def disagree(*args):
+        raise ExportCheckError('differs')
+    monkeypatch.setitem(convert._CHECKS, 'torchscript', disagree)
+    with torch.no_grad():
+        tiny[0].bias.add_(1.0)  # a new export would differ from the file on disk
+    with pytest.raises(ExportCheckError):
+        export_model(tiny, 'torchscript', out, img_size=32)
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ['m.pt']
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--format', 'onnx', '--output', '{tmp}'], 'is a folder; give a file name'),
+    (['--format', 'onnx', '--output', '{tmp}/notes.txt/m.onnx'], 'notes.txt is not a folder'),
+    (['--format', 'coreml', '--output', '{tmp}/m.onnx'], 'Core ML writes a .mlpackage folder'),
+    (['--format', 'onnx', '--output', '{tmp}/m.onnx', '--img-size', '7'], 'img_size 7 is too small'),
+    (['--format', 'onnx', '--output', '{tmp}/m.onnx', '--calib-count', '0'], '--calib-count 0: expected at least 1'),
+    (['--format', 'onnx', '--output', '{tmp}/m.onnx', '--crop-pct', '0'], '--crop-pct 0.0: expected a fraction'),
+])
+def test_export_refuses_an_impossible_request_before_any_work(tmp_path, capsys, monkeypatch, args, message):
+    (tmp_path / 'notes.txt').write_text('a file')
+    monkeypatch.setattr(export_cli, '_build', lambda args: pytest.fail('the model was built'))
+    assert cli_main(['export'] + [a.format(tmp=tmp_path) for a in args]) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['notes.txt']

@@ -320,6 +320,39 @@ def test_missing_keys_are_named(released_checkpoint, tmp_path):
         load_checkpoint(timm.create_model('care_s0'), tmp_path / 'partial.pth')
 
 
+@pytest.mark.parametrize('name,missing,reshaped', [
+    ('care_s0', 'stages.2.blocks.0.token_mixer.global_mixer.qk.weight', 'stem.conv.bias'),
+    ('resnet18', 'layer1.0.conv1.weight', 'bn1.bias'),
+])
+def test_strict_false_loads_what_fits_and_names_the_rest(tmp_path, name, missing, reshaped):
+    torch.manual_seed(0)
+    sd = dict(timm.create_model(name, num_classes=3).state_dict())
+    del sd[missing]
+    sd[reshaped] = torch.zeros(5)
+    sd['extra.weight'] = torch.zeros(2)
+    path = save_atomic(sd, tmp_path / 'partial.pth')
+    problems = f'1 shape mismatch.*{reshaped}.*1 missing key.*{missing}.*1 unexpected key.*extra.weight'
+    with pytest.raises(CheckpointError, match=problems):
+        load_checkpoint(timm.create_model(name, num_classes=3), path)  # strict by default
+    model = timm.create_model(name, num_classes=3)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(UserWarning, match=problems + '.*strict=False'):
+        assert load_checkpoint(model, path, strict=False) is model
+    for k, v in model.state_dict().items():  # what fits is loaded, the rest keeps its initialisation
+        assert torch.equal(v, fresh[k] if k in (missing, reshaped) else sd[k]), k
+
+
+def test_non_finite_weights_are_named_at_load(tmp_path):
+    sd = dict(timm.create_model('care_s0', num_classes=3).state_dict())
+    sd['stages.1.blocks.0.layer_scale'] = torch.full_like(sd['stages.1.blocks.0.layer_scale'], float('nan'))
+    sd['head.fc.bias'] = torch.tensor([0.0, float('inf'), 0.0])
+    save_atomic(sd, tmp_path / 'nan.safetensors')
+    with pytest.warns(UserWarning, match=r'nan\.safetensors: 2 tensor\(s\) hold NaN or inf values') as caught:
+        load_checkpoint(timm.create_model('care_s0', num_classes=3), tmp_path / 'nan.safetensors')
+    message = str(next(w.message for w in caught if 'NaN' in str(w.message)))
+    assert 'stages.1.blocks.0.layer_scale' in message and 'head.fc.bias' in message
+
+
 class _Exploit:
     def __reduce__(self):
         return (print, ('pwned',))

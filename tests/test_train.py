@@ -13,7 +13,6 @@ from caretrans.cli import build_parser, main as cli_main
 from caretrans.cli.train import build_recipe
 from caretrans.models.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from caretrans.train.checkpointing import load_training_state
-from caretrans.train.engine import TrainingDiverged
 from caretrans.train.loss import DistillationLoss, base_criterion
 from caretrans.train.recipe import Recipe, load_recipe
 from caretrans.train.trainer import train
@@ -315,7 +314,6 @@ def test_initial_checkpoint_fine_tunes_with_a_fresh_classifier(tmp_path, capsys)
 
 def test_training_with_a_teacher_checkpoint(tmp_path, capsys):
     import pickle
-    from caretrans.models.checkpoint import save_atomic
     teacher = timm.create_model('resnet18', num_classes=10)
     save_atomic(teacher.state_dict(), tmp_path / 'teacher.safetensors')
     run = ['train', '--recipe', str(_write_recipe(tmp_path, epochs=1)), '--no-progress', '--teacher', 'resnet18']
@@ -326,3 +324,62 @@ def test_training_with_a_teacher_checkpoint(tmp_path, capsys):
     (tmp_path / 'evil.pth').write_bytes(pickle.dumps({'weights': print}))  # a global: code
     assert cli_main(run + ['--teacher-checkpoint', str(tmp_path / 'evil.pth'), '--output', str(tmp_path / 'r2')]) == 2
     assert 'refusing to unpickle' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('yaml_text,match', [
+    ('lr: fast\n', r"r\.yaml: recipe field lr: 'fast' is not valid; expected a number >= 0"),
+    ('batch_size: "8"\n', r"recipe field batch_size: '8' is not valid; expected an integer >= 1"),
+    ('lr: 1e-3\n', r"lr: '1e-3' .*YAML reads 1e-3 as text"),
+    ('epochs: 0\n', r'epochs: 0 is not valid; expected an integer >= 1'),
+    ('scale: 0.5\n', r'scale: 0.5 is not valid; expected a list of 2 numbers > 0 and <= 1, low to high'),
+    ('model_ema: 1\n', r'model_ema: 1 is not valid; expected true or false'),
+    ('data: [1, 2\n', r'r\.yaml is not valid YAML'),
+])
+def test_yaml_recipe_values_are_checked(tmp_path, yaml_text, match):
+    (tmp_path / 'r.yaml').write_text(yaml_text)
+    with pytest.raises(ValueError, match=match):
+        load_recipe(str(tmp_path / 'r.yaml'))
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--img-size', '0'], 'recipe field img_size: 0 is not valid; expected an integer >= 32'),
+    (['--img-size', '16'], 'img_size: 16 is not valid'),
+    (['--epochs', '0'], 'epochs: 0 is not valid; expected an integer >= 1'),
+    (['-b', '0'], 'batch_size: 0 is not valid'),
+    (['--lr', '-0.1'], 'lr: -0.1 is not valid; expected a number >= 0'),
+    (['--weight-decay', '-1'], 'weight_decay: -1.0 is not valid'),
+    (['--reprob', '1.5'], 'reprob: 1.5 is not valid; expected a number >= 0 and <= 1'),
+    (['--drop-path', '1'], 'drop_path: 1.0 is not valid; expected a number >= 0 and < 1'),
+    (['--scale', '1', '0.5'], 'scale: [1.0, 0.5] is not valid'),
+    (['--workers', '-1'], 'workers: -1 is not valid; expected an integer >= 0'),
+    (['--threads', '0'], '--threads 0: expected at least 1'),
+])
+def test_bad_recipe_flags_are_refused_before_any_work(tmp_path, capsys, flags, message):
+    run = tmp_path / 'run'
+    assert cli_main(['train', '--recipe', str(_write_recipe(tmp_path)), '--output', str(run), '--no-progress']
+                    + flags) == 2
+    assert message in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_class_and_channel_counts_the_data_does_not_allow(tmp_path):
+    with pytest.raises(ValueError, match='in_chans: 1 does not fit synthetic, whose images have 3 channel'):
+        train(Recipe(**dict(TINY, in_chans=1)), tmp_path / 'run', progress=False)
+    with pytest.raises(ValueError, match='num_classes: 5 is too few for synthetic, which has 10 classes'):
+        train(Recipe(**dict(TINY, num_classes=5)), tmp_path / 'run', progress=False)
+    assert not (tmp_path / 'run').exists()
+
+
+def test_validate_refuses_a_checkpoint_whose_head_does_not_fit_the_data(tmp_path, capsys):
+    # A 1000-class (ImageNet) checkpoint on 10-class data would be scored with a random 10-class head.
+    save_atomic(timm.create_model('care_s0', num_classes=1000).state_dict(), tmp_path / 'in1k.safetensors')
+    argv = ['validate', '--checkpoint', str(tmp_path / 'in1k.safetensors'), '--data', 'synthetic', '--img-size', '32',
+            '-j', '0', '--json']
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert 'in1k.safetensors classifies 1000 classes but the model has 10 (those of synthetic val)' in err
+    assert cli_main(argv + ['--num-classes', '100']) == 2
+    assert 'but the model has 100 (--num-classes)' in capsys.readouterr().err
+    assert cli_main(['validate', '--checkpoint', str(tmp_path / 'in1k.safetensors'), '--data', 'synthetic',
+                     '--img-size', '0']) == 2
+    assert '--img-size 0: expected at least 32' in capsys.readouterr().err

@@ -12,7 +12,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from .catalog import CARE_MODELS, PEERS, RUNTIMES
+from .catalog import CARE_MODELS, RUNTIMES
 
 # ImageNet-1k top-1 (%) from the paper's Table 1.
 PAPER_TOP1 = {

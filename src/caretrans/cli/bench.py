@@ -24,11 +24,11 @@ def add_parser(subparsers):
 
 
 def _check(args):
+    from .common import check_at_least
+
     if args.img_size < 32:
         raise ValueError(f'--img-size {args.img_size} is too small: CARE needs at least 32 pixels')
-    for option in ('batch_size', 'threads', 'rounds', 'iters', 'throughput_batch'):
-        if getattr(args, option) < 1:
-            raise ValueError(f'--{option.replace("_", "-")} must be at least 1')
+    check_at_least(args, batch_size=1, threads=1, rounds=1, iters=1, throughput_batch=1)
 
 
 def run(args):

@@ -1,7 +1,7 @@
 """Helpers shared by the sub-commands."""
 import difflib
 import os
-from typing import Iterable
+from typing import Any, Dict, Iterable
 
 
 def check_model_names(names: Iterable[str]):
@@ -20,3 +20,32 @@ def refuse_to_overwrite_run(run_dir: str, resume_flag: str):
     """Raise a ValueError if `run_dir` already holds a run (its last.pth): a new run would overwrite it."""
     if os.path.exists(os.path.join(run_dir, 'last.pth')):
         raise ValueError(f'{run_dir} already holds a run; continue it with {resume_flag} or choose another --output')
+
+
+def run_exit_code(status: str) -> int:
+    """A training command's exit status: 0 when the run finished; when a signal stopped it (after
+    saving), the shell's 128 + signal number: 143 for SIGTERM, 130 for SIGINT (or another rank's signal)."""
+    return {'finished': 0, 'SIGTERM': 143}.get(status, 130)
+
+
+def check_at_least(args, **minimums):
+    """Raise a ValueError for an option given below its minimum (options left at None are not checked)."""
+    for option, minimum in minimums.items():
+        value = getattr(args, option)
+        if value is not None and value < minimum:
+            raise ValueError(f'--{option.replace("_", "-")} {value}: expected at least {minimum}')
+
+
+def checkpoint_shape(checkpoint: Any, classifier: str = 'head.fc') -> Dict[str, int]:
+    """num_classes (of its `classifier`) and in_chans (of its stem conv) of a read checkpoint, those it holds."""
+    from ..models.care import unwrap_state_dict
+
+    state_dict = unwrap_state_dict(checkpoint)
+    out = {}
+    head = state_dict.get(f'{classifier}.weight')
+    if head is not None:
+        out['num_classes'] = head.shape[0]
+    stem = state_dict.get('stem.conv.weight', state_dict.get('stem.0.weight'))
+    if stem is not None and stem.ndim == 4:
+        out['in_chans'] = stem.shape[1]
+    return out

@@ -24,27 +24,13 @@ def add_parser(subparsers):
     p.set_defaults(func=run)
 
 
-def _head_shape(checkpoint) -> dict:
-    """num_classes and in_chans of a checkpoint, so that it loads into a model of its own shape."""
-    from ..models.care import unwrap_state_dict
-
-    state_dict = unwrap_state_dict(checkpoint)
-    out = {}
-    head = state_dict.get('head.fc.weight')
-    if head is not None:
-        out['num_classes'] = head.shape[0]
-    stem = state_dict.get('stem.conv.weight', state_dict.get('stem.0.weight'))
-    if stem is not None and stem.ndim == 4:
-        out['in_chans'] = stem.shape[1]
-    return out
-
-
 def _build(args):
     import timm
 
     from ..models import load_checkpoint, read_checkpoint, reparameterize
+    from .common import checkpoint_shape
 
-    kwargs = _head_shape(read_checkpoint(args.checkpoint)) if args.checkpoint else {}
+    kwargs = checkpoint_shape(read_checkpoint(args.checkpoint)) if args.checkpoint else {}
     model = timm.create_model(args.model, **kwargs)
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)
@@ -82,11 +68,17 @@ def _int8(args, model, report):
 
 def run(args):
     from ..export import export_model
-    from .common import check_model_names
+    from ..export.convert import check_export_request
+    from .common import check_at_least, check_model_names
 
+    # Everything that would fail is refused before the model is built.
     check_model_names([args.model])
     if args.int8 and args.format != 'onnx':
         raise ValueError('--int8 quantises the ONNX export: use it with --format onnx')
+    check_at_least(args, calib_count=1, eval_count=0)
+    if not 0 < args.crop_pct <= 1:
+        raise ValueError(f'--crop-pct {args.crop_pct}: expected a fraction in (0, 1]')
+    check_export_request(args.format, args.output, args.img_size, args.dynamic_batch)
     model = _build(args)
     report = export_model(model, args.format, args.output, args.img_size, args.dynamic_batch)
     report.update(model=args.model, checkpoint=args.checkpoint, reparameterized=args.reparameterize)

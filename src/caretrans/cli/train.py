@@ -78,12 +78,13 @@ def run(args):
     from ..train.engine import TrainingDiverged
     from ..train.report import summarize
     from ..train.trainer import train
-    from .common import check_model_names, refuse_to_overwrite_run
+    from .common import check_at_least, check_model_names, refuse_to_overwrite_run, run_exit_code
 
+    check_at_least(args, threads=1)
     resume = resume_file(args.resume) if args.resume else None
     recipe = build_recipe(args)
     check_model_names([recipe.model] + ([recipe.teacher] if recipe.teacher else []))
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     data_name = os.path.basename(recipe.data.rstrip('/')) or 'data'
     if args.output:
@@ -104,7 +105,7 @@ def run(args):
         return 3
     minutes = (time.perf_counter() - start) / 60
     if result.status not in ('finished', 'already finished'):
-        return 143 if result.status == 'SIGTERM' else 130
+        return run_exit_code(result.status)
     if not primary or result.status == 'already finished':
         return 0
 

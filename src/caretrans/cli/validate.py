@@ -35,6 +35,27 @@ def _recorded_recipe(checkpoint_path):
     return yaml.safe_load(beside.read_text()) if beside.is_file() else {}
 
 
+def _first_given(*values):
+    """The first value that is not None (0 is a value: `a or b` would skip it)."""
+    return next(v for v in values if v is not None)
+
+
+def _refuse_other_head(checkpoint_path, model, origin: str):
+    """A checkpoint whose classifier has another class count than the model would leave the model's
+    head at its random initialisation (load_checkpoint only warns, for fine-tuning): refuse it."""
+    from ..models.checkpoint import read_checkpoint
+    from .common import checkpoint_shape
+
+    classifier = model.pretrained_cfg.get('classifier') or 'head.fc'
+    classifier = classifier if isinstance(classifier, str) else classifier[0]
+    classes = checkpoint_shape(read_checkpoint(checkpoint_path), classifier).get('num_classes')
+    if classes is not None and classes != model.num_classes:
+        raise ValueError(
+            f'{checkpoint_path} classifies {classes} classes but the model has {model.num_classes} ({origin}): '
+            f'validating it would score an untrained head. Use data with {classes} classes, or --num-classes '
+            f'{classes} if the labels are among the checkpoint\'s classes')
+
+
 def run(args):
     import contextlib
     import functools
@@ -45,23 +66,29 @@ def run(args):
 
     from ..data import create_dataset, dataset_info, read_class_map, recorded_classes
     from ..data.loader import build_transform, create_eval_loader, default_img_size
+    from ..models import MIN_INPUT_SIZE
     from ..models.checkpoint import load_checkpoint
     from ..train.distributed import DistributedContext
     from ..train.engine import evaluate
-    from .common import check_model_names
+    from .common import check_at_least, check_model_names
 
     check_model_names([args.model])
+    check_at_least(args, img_size=MIN_INPUT_SIZE, num_classes=1, in_chans=1, batch_size=1, workers=0)
+    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
+        raise ValueError(f'--crop-pct {args.crop_pct}: expected a fraction in (0, 1]')
     recorded = _recorded_recipe(args.checkpoint)
     classes = read_class_map(args.class_map) if args.class_map else recorded_classes(Path(args.checkpoint).parent)
     dataset = create_dataset(args.data, args.split, classes=classes)
     info = dataset_info(dataset)
-    img_size = args.img_size or recorded.get('img_size') or default_img_size(info['native_size'])
-    crop_pct = args.crop_pct or recorded.get('crop_pct') or 0.875
-    num_classes = args.num_classes or info['num_classes']
-    in_chans = args.in_chans or recorded.get('in_chans') or info['in_chans']
+    img_size = _first_given(args.img_size, recorded.get('img_size'), default_img_size(info['native_size']))
+    crop_pct = _first_given(args.crop_pct, recorded.get('crop_pct'), 0.875)
+    num_classes = _first_given(args.num_classes, info['num_classes'])
+    in_chans = _first_given(args.in_chans, recorded.get('in_chans'), info['in_chans'])
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
 
     model = timm.create_model(args.model, num_classes=num_classes, in_chans=in_chans)
+    _refuse_other_head(args.checkpoint, model, '--num-classes' if args.num_classes is not None
+                       else f'those of {args.data} {args.split}')
     load_checkpoint(model, args.checkpoint)
     model = model.to(device)
     if args.channels_last:

@@ -33,14 +33,13 @@ def _add_recipe_flags(parser: argparse.ArgumentParser):
 
 
 def _recipe(args, task: str, base: str):
-    """The recipe the command line asks for: `--recipe` (else `base`) with the flags given on top."""
+    """The recipe the command line asks for: `--recipe` (else `base`) with the flags given on top.
+    A recipe for the other task is refused (the flags do not include `task`)."""
     from .recipe import load_recipe
-    recipe = load_recipe(args.recipe or base)
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(DenseRecipe) if hasattr(args, f.name)}
-    values = dict(recipe.to_dict(), **overrides)
-    if values['task'] != task:
-        raise ValueError(f'recipe {args.recipe!r} is for {values["task"]!r}, not {task!r}')
-    return DenseRecipe.from_dict(values)
+    recipe = load_recipe(args.recipe or base, task)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(DenseRecipe)
+                 if f.name != 'task' and hasattr(args, f.name)}
+    return DenseRecipe.from_dict(dict(recipe.to_dict(), **overrides))
 
 
 def _is_primary() -> bool:
@@ -60,7 +59,7 @@ def _print_metrics(metrics, as_json: bool):
 
 
 def _run_train(args):
-    from ..cli.common import check_model_names, refuse_to_overwrite_run
+    from ..cli.common import check_model_names, refuse_to_overwrite_run, run_exit_code
     from .train import train
 
     if not args.resume:
@@ -70,6 +69,8 @@ def _run_train(args):
     recipe = _recipe(args, args.task, saved if args.resume and os.path.isfile(saved) else _DEFAULT_PRESET[args.task])
     check_model_names([recipe.model])
     metrics = train(recipe, args.output, resume=args.resume, device=args.device, progress=not args.no_progress)
+    if metrics['status'] != 'finished':
+        return run_exit_code(metrics['status'])
     if _is_primary():
         _print_metrics(metrics, args.json)
 
@@ -82,7 +83,7 @@ def _run_eval(args):
     if args.recipe or args.data or args.val_split:
         if not args.recipe:
             raise ValueError('--data and --val-split need --recipe (the YAML of the run or a preset)')
-        recipe = load_recipe(args.recipe)
+        recipe = load_recipe(args.recipe, args.task)
         recipe = dataclasses.replace(recipe, **{k: v for k, v in (('data', args.data), ('val_split', args.val_split))
                                                  if v})
     metrics = evaluate_checkpoint(args.checkpoint, recipe, device=args.device)

@@ -2,65 +2,71 @@
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+from ..limits import MIN_INPUT_SIZE
 from ..train.recipe import RecipeFields, read_recipe
 
 __all__ = ['DenseRecipe', 'PRESETS', 'load_recipe']
+
+TASKS = ('det', 'seg')
 
 
 @dataclass
 class DenseRecipe(RecipeFields):
     """Everything that decides what a detection or segmentation run computes."""
 
-    task: str = field(default='det', metadata=dict(help="'det' (Mask R-CNN) or 'seg' (Semantic FPN)"))
+    task: str = field(default='det', metadata=dict(help="'det' (Mask R-CNN) or 'seg' (Semantic FPN)", choices=TASKS))
     # model
     model: str = field(default='care_s0', metadata=dict(help='timm backbone name'))
     backbone_checkpoint: Optional[str] = field(default=None, metadata=dict(
         help='ImageNet classification checkpoint (ours or released-format) for the backbone'))
-    norm: str = field(default='frozen', metadata=dict(help="backbone BatchNorm: 'frozen', 'sync' or 'batch'"))
-    drop_path: float = field(default=0.0, metadata=dict(help='stochastic depth rate of the backbone'))
-    fpn_channels: int = 256
-    box_head_dim: int = field(default=1024, metadata=dict(help='Mask R-CNN box head width'))
-    mask_head_dims: Tuple[int, ...] = field(default=(256, 256, 256, 256), metadata=dict(help='Mask R-CNN mask head convs'))
-    anchor_sizes: Tuple[int, ...] = field(default=(32, 64, 128, 256, 512), metadata=dict(help='RPN anchor per level'))
-    rpn_batch: int = field(default=256, metadata=dict(help='RPN anchors sampled per image'))
-    roi_batch: int = field(default=512, metadata=dict(help='proposals sampled per image for the box head'))
-    proposals: Tuple[int, int] = field(default=(1000, 1000), metadata=dict(help='proposals kept after NMS: train, test'))
-    head_channels: int = field(default=128, metadata=dict(help='Semantic FPN branch width'))
+    norm: str = field(default='frozen', metadata=dict(
+        help="backbone BatchNorm: 'frozen', 'sync' or 'batch'", choices=('frozen', 'sync', 'batch')))
+    drop_path: float = field(default=0.0, metadata=dict(help='stochastic depth rate of the backbone', min=0, below=1))
+    fpn_channels: int = field(default=256, metadata=dict(min=1))
+    box_head_dim: int = field(default=1024, metadata=dict(help='Mask R-CNN box head width', min=1))
+    mask_head_dims: Tuple[int, ...] = field(default=(256, 256, 256, 256), metadata=dict(
+        help='Mask R-CNN mask head convs', min=1))
+    anchor_sizes: Tuple[int, ...] = field(default=(32, 64, 128, 256, 512), metadata=dict(
+        help='RPN anchor per level', min=1))
+    rpn_batch: int = field(default=256, metadata=dict(help='RPN anchors sampled per image', min=1))
+    roi_batch: int = field(default=512, metadata=dict(help='proposals sampled per image for the box head', min=1))
+    proposals: Tuple[int, int] = field(default=(1000, 1000), metadata=dict(
+        help='proposals kept after NMS: train, test', min=1))
+    head_channels: int = field(default=128, metadata=dict(help='Semantic FPN branch width', min=1))
     # data
     data: str = field(default='', metadata=dict(
         help='det: COCO root (<split>/ or images/<split>/, annotations/instances_<split>.json); '
              'seg: ADE20K root (images/<split>/, annotations/<split>/)'))
     train_split: str = 'train2017'
     val_split: str = 'val2017'
-    num_classes: int = field(default=150, metadata=dict(help='seg: classes (det: from the annotation file)'))
+    num_classes: int = field(default=150, metadata=dict(help='seg: classes (det: from the annotation file)', min=1))
     reduce_zero_label: bool = field(default=True, metadata=dict(help='seg: label 0 is "other", ignored'))
-    min_size: int = field(default=800, metadata=dict(help='det: shorter side of the resized image; seg: of the evaluated image'))
-    max_size: int = field(default=1333, metadata=dict(help='longer side limit of those resized images'))
-    crop_size: int = field(default=512, metadata=dict(help='seg: training crop'))
-    scale: int = field(default=512, metadata=dict(help='seg: shorter side before the random ratio'))
-    ratio_range: Tuple[float, float] = field(default=(0.5, 2.0), metadata=dict(help='seg: random rescale range'))
-    batch_size: int = field(default=2, metadata=dict(help='images per process'))
-    workers: int = 4
+    min_size: int = field(default=800, metadata=dict(
+        help='det: shorter side of the resized image; seg: of the evaluated image', min=MIN_INPUT_SIZE))
+    max_size: int = field(default=1333, metadata=dict(
+        help='longer side limit of those resized images', min=MIN_INPUT_SIZE))
+    crop_size: int = field(default=512, metadata=dict(help='seg: training crop', min=MIN_INPUT_SIZE))
+    scale: int = field(default=512, metadata=dict(help='seg: shorter side before the random ratio', min=1))
+    ratio_range: Tuple[float, float] = field(default=(0.5, 2.0), metadata=dict(
+        help='seg: random rescale range', above=0, ordered=True))
+    batch_size: int = field(default=2, metadata=dict(help='images per process', min=1))
+    workers: int = field(default=4, metadata=dict(min=0))
     # optimisation
     opt: str = 'adamw'
-    lr: float = 2e-4
-    weight_decay: float = 0.05
+    lr: float = field(default=2e-4, metadata=dict(min=0))
+    weight_decay: float = field(default=0.05, metadata=dict(min=0))
     sched: str = field(default='multistep', metadata=dict(help="timm scheduler: 'multistep' (det), 'poly' (seg)"))
-    epochs: int = 12
-    decay_milestones: Tuple[int, ...] = field(default=(8, 11), metadata=dict(help='multistep: epochs of x0.1'))
-    poly_power: float = 0.9
-    warmup_iters: int = 500
-    warmup_ratio: float = 0.001
-    clip_grad: Optional[float] = None
+    epochs: int = field(default=12, metadata=dict(min=1))
+    decay_milestones: Tuple[int, ...] = field(default=(8, 11), metadata=dict(
+        help='multistep: epochs of x0.1', min=1, ordered=True))
+    poly_power: float = field(default=0.9, metadata=dict(min=0))
+    warmup_iters: int = field(default=500, metadata=dict(min=0))
+    warmup_ratio: float = field(default=0.001, metadata=dict(min=0, max=1))
+    clip_grad: Optional[float] = field(default=None, metadata=dict(above=0))
     # run
-    eval_every: int = field(default=1, metadata=dict(help='evaluate every N epochs (and after the last)'))
+    eval_every: int = field(default=1, metadata=dict(help='evaluate every N epochs (and after the last)', min=1))
     amp: bool = field(default=False, metadata=dict(help='bfloat16 autocast'))
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.task not in ('det', 'seg'):
-            raise ValueError(f"task must be 'det' or 'seg', got {self.task!r}")
-
+    seed: int = field(default=0, metadata=dict(min=0))
 
 
 # Paper, Section 4.2: Mask R-CNN, AdamW lr 2e-4, 12 epochs (1x: x0.1 after epochs 8 and 11),
@@ -86,6 +92,14 @@ SHAPES_SEG = dict(
 PRESETS: Dict[str, Dict[str, Any]] = {'coco': COCO, 'ade20k': ADE20K, 'shapes-det': SHAPES_DET, 'shapes-seg': SHAPES_SEG}
 
 
-def load_recipe(source: str) -> DenseRecipe:
-    """A dense recipe: a preset name or a YAML file (e.g. the recipe.yaml saved in a run folder)."""
-    return read_recipe(source, PRESETS, DenseRecipe)
+def load_recipe(source: str, task: Optional[str] = None) -> DenseRecipe:
+    """A dense recipe: a preset name or a YAML file (e.g. the recipe.yaml saved in a run folder).
+
+    With `task`, a recipe for the other task is refused, and a YAML file that does not say its
+    task is read as one for `task`.
+    """
+    recipe = read_recipe(source, PRESETS, DenseRecipe, defaults=dict(task=task) if task else None)
+    if task and recipe.task != task:
+        raise ValueError(f'recipe {source!r} is a {recipe.task!r} recipe, not a {task!r} one: '
+                         f'use it with `caretrans {recipe.task} ...`, or give a {task!r} recipe')
+    return recipe

@@ -103,8 +103,12 @@ class SegmentationTask:
 
     @staticmethod
     def loss(model: nn.Module, batch, device) -> torch.Tensor:
+        """Mean cross-entropy over the labelled pixels; 0 (and no gradient) when a batch has none,
+        where the 'mean' reduction would divide 0 by 0 and make the loss NaN."""
         images, labels = batch
-        return F.cross_entropy(model(images.to(device)), labels.to(device), ignore_index=D.IGNORE_INDEX)
+        labels = labels.to(device)
+        total = F.cross_entropy(model(images.to(device)), labels, ignore_index=D.IGNORE_INDEX, reduction='sum')
+        return total / (labels != D.IGNORE_INDEX).sum().clamp(min=1)
 
     def eval_loader_set(self, rank: int, world_size: int) -> Dataset:
         return _shard(self.val_set, rank, world_size)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from ..data.loader import SeededItems
 from ..models.checkpoint import CheckpointError, read_checkpoint, save_atomic
 from ..train.checkpointing import (GracefulStop, capture_rng_state, load_training_state, recipe_changes,
-                                   restore_rng_state, save_training_state)
+                                   restore_rng_state, save_training_state, stop_notice)
 from ..train.distributed import DistributedContext, all_reduce_mean, cleanup_distributed, setup_distributed
 from ..train.metrics import MetricsLogger
 from .recipe import DenseRecipe
@@ -59,7 +59,8 @@ def train(recipe: Optional[DenseRecipe], run_dir, resume: bool = False, device: 
 
     With `resume`, continue from run_dir/last.pth exactly where it stopped, with the run's own
     recipe: `recipe` may be None, and a recipe that differs from the run's is refused (CheckpointError).
-    Returns the last evaluation.
+    Returns the last evaluation, the epoch reached and the status: 'finished', or the name of the
+    signal that stopped the run (SIGTERM, SIGINT) after saving it.
     """
     ctx = setup_distributed(device)
     try:
@@ -151,6 +152,8 @@ def _train(recipe: DenseRecipe, run_dir: Path, resume: bool, ctx: DistributedCon
             bar.close()
             if all_reduce_mean(float(stop.requested), ctx) > 0:
                 save(next_batch, epoch)
+                if ctx.is_primary:
+                    print(stop_notice(stop, epoch, next_batch, f'--resume --output {run_dir}'), flush=True)
                 break
             epoch, next_batch = epoch + 1, 0
             record = dict(epoch=epoch, step=global_step, train_loss=all_reduce_mean(loss_sum / max(loss_count, 1), ctx),
@@ -164,7 +167,7 @@ def _train(recipe: DenseRecipe, run_dir: Path, resume: bool, ctx: DistributedCon
         logger.plot()
         if epoch == recipe.epochs:
             save_atomic(model.state_dict(), run_dir / WEIGHTS_FILE)
-    return dict(metrics, epoch=epoch, stopped=bool(stop.requested))
+    return dict(metrics, epoch=epoch, status=(stop.signal or 'stopped') if stop.requested else 'finished')
 
 
 def _progress(enabled: bool, total: int, desc: str):

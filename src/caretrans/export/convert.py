@@ -1,5 +1,8 @@
 """Export a model to ONNX, TorchScript or Core ML, then check the artefact against PyTorch."""
+import os
 import platform
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -7,6 +10,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 import torch.nn as nn
+
+from ..models import MIN_INPUT_SIZE
 
 FORMATS = ('onnx', 'torchscript', 'coreml')
 # An export must reproduce PyTorch's eval outputs to float rounding.
@@ -21,6 +26,9 @@ def _check_close(name: str, expected: torch.Tensor, actual, batch: int) -> float
     """Max abs difference, or an ExportCheckError naming it when beyond RTOL/ATOL."""
     expected = expected.detach().numpy()
     actual = np.asarray(actual)
+    if not np.isfinite(expected).all():
+        raise ExportCheckError(f'the PyTorch model outputs NaN or inf (batch {batch}), so {name} cannot be checked '
+                               'against it: are its weights finite?')
     if actual.shape != expected.shape:
         raise ExportCheckError(f'{name} output shape {actual.shape} differs from PyTorch {expected.shape} '
                                f'(batch {batch})')
@@ -126,32 +134,64 @@ def check_coreml(model: nn.Module, output: Path, inputs: List[torch.Tensor]) -> 
 _CHECKS = {'onnx': check_onnx, 'torchscript': check_torchscript, 'coreml': check_coreml}
 
 
+def check_export_request(fmt: str, output, img_size: int, dynamic_batch: bool = False) -> Path:
+    """Raise a ValueError for an export that cannot succeed, before any work: an unknown format, an
+    input size CARE cannot take, or an output that is a folder, needs another name or cannot be written."""
+    if fmt not in FORMATS:
+        raise ValueError(f'unknown export format {fmt!r}; choose one of {", ".join(FORMATS)}')
+    if dynamic_batch and fmt != 'onnx':
+        raise ValueError('--dynamic-batch is supported for ONNX only')
+    if img_size < MIN_INPUT_SIZE:
+        raise ValueError(f'img_size {img_size} is too small: CARE downsamples 32x and needs at least '
+                         f'{MIN_INPUT_SIZE} pixels a side')
+    output = Path(output)
+    if fmt == 'coreml':
+        if output.suffix != '.mlpackage' or output.is_file():
+            raise ValueError(f'output {output}: Core ML writes a .mlpackage folder; name it e.g. '
+                             f'{output.with_suffix(".mlpackage")}')
+    elif output.is_dir():
+        raise ValueError(f'output {output} is a folder; give a file name, e.g. {output / ("model." + fmt)}')
+    existing = output.parent
+    while not existing.exists():  # export_model creates the missing folders
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f'cannot write {output}: {existing} is not a folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f'cannot write {output}: {existing} is not writable')
+    return output
+
+
 def export_model(model: nn.Module, fmt: str, output, img_size: int = 224, dynamic_batch: bool = False,
                  in_chans: Optional[int] = None) -> Dict[str, object]:
     """Export an eval-mode `model` and check the artefact; returns what was checked.
 
     The check runs the artefact on random inputs (batches 1 and 8 for a dynamic batch axis,
-    else 1) and raises an ExportCheckError when it disagrees with PyTorch.
+    else 1) and raises an ExportCheckError when it disagrees with PyTorch. The artefact is
+    written beside `output` and moved there only once it passes: a failed export leaves nothing.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f'unknown export format {fmt!r}; choose one of {", ".join(FORMATS)}')
-    if dynamic_batch and fmt != 'onnx':
-        raise ValueError('--dynamic-batch is supported for ONNX only')
-    output = Path(output)
+    output = check_export_request(fmt, output, img_size, dynamic_batch)
     output.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    in_chans = in_chans or getattr(model, 'in_chans', 3)
+    in_chans = in_chans if in_chans is not None else getattr(model, 'in_chans', 3)
     x = torch.zeros(1, in_chans, img_size, img_size)
-    with torch.no_grad():
-        if fmt == 'onnx':
-            export_onnx(model, x, output, dynamic_batch)
-        elif fmt == 'torchscript':
-            export_torchscript(model, x, output)
-        else:
-            export_coreml(model, x, output)
     # A traced TorchScript model keeps a free batch axis: check it at another batch too.
     batches = [1, 8] if dynamic_batch else [1, 2] if fmt == 'torchscript' else [1]
-    max_abs_diff = _CHECKS[fmt](model, output, _inputs(batches, in_chans, img_size))
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f'.{output.name}.'))
+    try:
+        staged = staging / output.name
+        with torch.no_grad():
+            if fmt == 'onnx':
+                export_onnx(model, x, staged, dynamic_batch)
+            elif fmt == 'torchscript':
+                export_torchscript(model, x, staged)
+            else:
+                export_coreml(model, x, staged)
+        max_abs_diff = _CHECKS[fmt](model, staged, _inputs(batches, in_chans, img_size))
+        if output.is_dir():  # an earlier .mlpackage: os.replace cannot replace a non-empty folder
+            shutil.rmtree(output)
+        os.replace(staged, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return dict(format=fmt, output=str(output), img_size=img_size, dynamic_batch=dynamic_batch,
                 max_abs_diff={str(b): d for b, d in max_abs_diff.items()},
                 numerically_checked=bool(max_abs_diff))

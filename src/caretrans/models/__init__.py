@@ -1,3 +1,6 @@
 """CARE models, registered with timm on import."""
 from .care import CareTransformer, checkpoint_filter_fn, reparameterize, MIN_INPUT_SIZE
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_atomic
+
+__all__ = ['CareTransformer', 'checkpoint_filter_fn', 'reparameterize', 'MIN_INPUT_SIZE',
+           'CheckpointError', 'load_checkpoint', 'read_checkpoint', 'save_atomic']

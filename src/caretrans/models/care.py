@@ -24,12 +24,11 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
+from ..limits import MIN_INPUT_SIZE
 from .checkpoint import CheckpointError, match_state_dict
 
 __all__ = ['CareTransformer', 'checkpoint_filter_fn', 'reparameterize', 'MIN_INPUT_SIZE']
 
-# The network downsamples 32x; below that the last stage would have no pixels.
-MIN_INPUT_SIZE = 32
 
 
 # The CPU fast paths below branch on strides and map sizes. Graph capture must not see those

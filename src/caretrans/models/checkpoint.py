@@ -1,4 +1,5 @@
 """Safe checkpoint reading, validation against a model, and atomic writing."""
+import contextvars
 import glob
 import os
 import pickle
@@ -7,7 +8,7 @@ import uuid
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -15,6 +16,10 @@ import torch.nn as nn
 __all__ = ['CheckpointError', 'read_checkpoint', 'match_state_dict', 'load_checkpoint', 'save_atomic']
 
 PathLike = Union[str, os.PathLike]
+
+# timm calls a pretrained filter as filter_fn(state_dict, model), so checkpoint_filter_fn takes no
+# `strict`: load_checkpoint hands it to match_state_dict through this context variable instead.
+_STRICT: contextvars.ContextVar = contextvars.ContextVar('caretrans_strict_checkpoint', default=True)
 
 
 class CheckpointError(ValueError):
@@ -52,13 +57,18 @@ def match_state_dict(
         model: nn.Module,
         head_keys: Iterable[str] = (),
         source: str = 'checkpoint',
+        strict: Optional[bool] = None,
 ) -> Dict[str, torch.Tensor]:
-    """Check that `state_dict` fits `model` key by key and shape by shape.
+    """Check that `state_dict` fits `model` key by key and shape by shape; return what fits.
 
     Head tensors (`head_keys`) whose shape differs, e.g. another class count, are dropped
     with a warning so the model keeps its freshly initialised classifier, as timm does.
-    Anything else that does not fit raises a CheckpointError naming the keys.
+    Anything else that does not fit (missing, unexpected or mis-shaped tensors) raises a
+    CheckpointError naming the keys when `strict`, else is left out with a warning naming them.
+    `strict=None` is load_checkpoint's choice (True outside it). Tensors holding NaN or inf are
+    named in a warning.
     """
+    strict = _STRICT.get() if strict is None else strict
     expected = model.state_dict()
     head_keys = set(head_keys)
     out, dropped, mismatched = {}, [], []
@@ -67,6 +77,8 @@ def match_state_dict(
             if k in head_keys:
                 dropped.append(f'{k}: not in the model')
             continue
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f'{source}: entry {k!r} is a {type(v).__name__}, not a tensor')
         if tuple(v.shape) != tuple(expected[k].shape):
             (dropped if k in head_keys else mismatched).append(
                 f'{k}: {source} {tuple(v.shape)} vs model {tuple(expected[k].shape)}')
@@ -84,29 +96,57 @@ def match_state_dict(
         problems.append(f'{len(unexpected)} unexpected key(s), e.g. ' + ', '.join(unexpected[:5]))
     if problems:
         arch = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
-        raise CheckpointError(
-            f'{source} does not match {arch} (another variant or class count?): ' + ' | '.join(problems))
+        message = f'{source} does not match {arch} (another variant or class count?): ' + ' | '.join(problems)
+        if strict:
+            raise CheckpointError(message)
+        warnings.warn(f'{message}; loaded the {len(out)} tensor(s) that fit (strict=False)', stacklevel=3)
     if dropped:
         warnings.warn(
             f'{source}: classifier shapes differ from the model, heads left at their initialisation: '
             + '; '.join(dropped), stacklevel=3)
+    _warn_non_finite(out, source)
     return out
 
 
+def _warn_non_finite(state_dict: Dict[str, torch.Tensor], source: str):
+    """Warn, naming them, about tensors with NaN or inf values: such a model outputs NaN."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        warnings.warn(f'{source}: {len(bad)} tensor(s) hold NaN or inf values, so the model will output NaN: '
+                      + ', '.join(bad[:10]) + (', ...' if len(bad) > 10 else ''), stacklevel=4)
+
+
+def _classifier_keys(model: nn.Module) -> List[str]:
+    """The weight and bias names of a timm model's classifier(s), from its pretrained_cfg."""
+    classifiers = getattr(model, 'pretrained_cfg', {}).get('classifier') or ()
+    classifiers = (classifiers,) if isinstance(classifiers, str) else classifiers
+    return [f'{c}.{p}' for c in classifiers for p in ('weight', 'bias')]
+
+
 def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True) -> nn.Module:
-    """Load one of our checkpoints (safetensors or torch.save) or a released one into `model`."""
+    """Load one of our checkpoints (safetensors or torch.save) or a released one into `model`.
+
+    `strict=True` raises a CheckpointError on missing, unexpected or mis-shaped tensors;
+    `strict=False` loads the tensors that fit and warns naming the others. Either way a
+    classifier of another class count is left at its initialisation with a warning, as timm does.
+    """
     from .care import CareTransformer, checkpoint_filter_fn, unwrap_state_dict
 
     checkpoint = read_checkpoint(path)
     if isinstance(model, CareTransformer):
-        state_dict = checkpoint_filter_fn(checkpoint, model, source=str(path))
+        token = _STRICT.set(strict)
+        try:
+            state_dict = checkpoint_filter_fn(checkpoint, model, source=str(path))
+        finally:
+            _STRICT.reset(token)
     else:
         try:
             state_dict = unwrap_state_dict(checkpoint)
         except ValueError as e:
             raise CheckpointError(f'{path}: {e}') from e
-        state_dict = match_state_dict(state_dict, model, source=str(path))
-    model.load_state_dict(state_dict, strict=False)
+        state_dict = match_state_dict(state_dict, model, head_keys=_classifier_keys(model), source=str(path),
+                                      strict=strict)
+    model.load_state_dict(state_dict, strict=False)  # what did not fit is checked above
     return model
 
 

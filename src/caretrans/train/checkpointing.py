@@ -10,7 +10,7 @@ import torch
 from ..models.checkpoint import CheckpointError, read_checkpoint, save_atomic
 
 __all__ = ['capture_rng_state', 'restore_rng_state', 'save_training_state', 'load_training_state', 'recipe_changes',
-           'GracefulStop']
+           'GracefulStop', 'stop_notice']
 
 
 def capture_rng_state() -> Dict[str, Any]:
@@ -92,3 +92,9 @@ class GracefulStop:
             signal.signal(sig, handler)
         self._previous.clear()
         return False
+
+
+def stop_notice(stop: GracefulStop, epoch: int, batch: int, resume: str) -> str:
+    """What a run stopped by a signal prints: where it stopped and how to continue it."""
+    return (f'stopped by {stop.signal or "a signal on another rank"} at epoch {epoch}, batch {batch}; '
+            f'resume with {resume}')

@@ -3,7 +3,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 __all__ = ['MetricsLogger']
 

@@ -3,7 +3,6 @@ import contextlib
 import functools
 import logging
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -21,6 +20,7 @@ from ..data.loader import build_transform, create_eval_loader, create_train_load
 from ..models.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .checkpointing import (
     GracefulStop, capture_rng_state, load_training_state, recipe_changes, restore_rng_state, save_training_state,
+    stop_notice,
 )
 from .distributed import DistributedContext, cleanup_distributed, setup_distributed
 from .engine import TrainingDiverged, evaluate, train_one_epoch
@@ -77,9 +77,10 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
     classes = recorded_classes(Path(resume).parent) if resume else None
     train_set = create_dataset(recipe.data, 'train', classes=classes)
     info = dataset_info(train_set)
-    img_size = recipe.img_size or default_img_size(info['native_size'])
-    num_classes = recipe.num_classes or info['num_classes']
-    in_chans = recipe.in_chans or info['in_chans']
+    _check_fits_data(recipe, info)
+    img_size = recipe.img_size if recipe.img_size is not None else default_img_size(info['native_size'])
+    num_classes = recipe.num_classes if recipe.num_classes is not None else info['num_classes']
+    in_chans = recipe.in_chans if recipe.in_chans is not None else info['in_chans']
     train_set.transform = _transform(recipe, info, img_size, training=True)
     val_set = create_dataset(recipe.data, 'val', _transform(recipe, info, img_size, training=False),
                              classes=info['classes'])
@@ -165,8 +166,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
             if result.stopped:
                 checkpoint('last.pth', epoch, result.next_batch, (result.loss_sum, result.loss_count))
                 if ctx.is_primary:
-                    print(f'stopped by {stop.signal or "a signal on another rank"} at epoch {epoch}, batch '
-                          f'{result.next_batch}; resume with --resume {run_dir / "last.pth"}', flush=True)
+                    print(stop_notice(stop, epoch, result.next_batch, f'--resume {run_dir / "last.pth"}'), flush=True)
                 return TrainResult(stop.signal or 'stopped', epoch, global_step, last_eval, best_top1, run_dir,
                                    model, img_size, in_chans, info['classes'])
 
@@ -206,6 +206,16 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
         writer.close()
     return TrainResult('finished', epoch, global_step, last_eval, best_top1, run_dir, model, img_size, in_chans,
                        info['classes'])
+
+
+def _check_fits_data(recipe: Recipe, info: Dict[str, Any]):
+    """Refuse, before any work, a class count or channel count the data does not allow."""
+    if recipe.num_classes is not None and recipe.num_classes < info['num_classes']:
+        raise ValueError(f'recipe field num_classes: {recipe.num_classes} is too few for {recipe.data}, which has '
+                         f'{info["num_classes"]} classes')
+    if recipe.in_chans is not None and recipe.in_chans != info['in_chans']:
+        raise ValueError(f'recipe field in_chans: {recipe.in_chans} does not fit {recipe.data}, whose images have '
+                         f'{info["in_chans"]} channel(s)')
 
 
 def _seed_everything(seed: int, deterministic: bool):
