@@ -15,7 +15,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[all,test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo's data: Debian's Fashion-MNIST package (nothing is downloaded at run time).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+
+$(FASHION_MNIST):
+	apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist) \
+		|| sudo apt-get install -y dataset-fashion-mnist
+
+demo: $(STAMP) $(FASHION_MNIST)
 	$(BIN)/caretrans train --recipe fashion-mnist-quick --threads 2 --output runs/fashion-mnist-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)

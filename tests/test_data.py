@@ -225,3 +225,11 @@ def test_no_colour_jitter_step_when_it_is_off():
     def steps(jitter):
         return [type(t).__name__ for t in build_transform(True, 32, (0.5,), (0.5,), color_jitter=jitter).transforms]
     assert 'ColorJitter' in steps(0.4) and 'ColorJitter' not in steps(0.0)
+
+
+def test_missing_fashion_mnist_is_an_error_not_a_download(tmp_path, monkeypatch):
+    """No data set is fetched at run time: a folder without the IDX files says how to install them."""
+    import caretrans.data.datasets as datasets
+    monkeypatch.setattr(datasets, 'FASHION_MNIST_DIR', tmp_path / 'none')
+    with pytest.raises(FileNotFoundError, match='apt-get install dataset-fashion-mnist'):
+        datasets.FashionMNIST('val')

@@ -52,10 +52,12 @@ class FashionMNIST(Dataset):
         root = Path(root) if root is not None else FASHION_MNIST_DIR
         prefix = _FASHION_MNIST_FILES[split]
         images, labels = root / f'{prefix}-images-idx3-ubyte.gz', root / f'{prefix}-labels-idx1-ubyte.gz'
-        if images.is_file() and labels.is_file():
-            self.images, self.targets = _read_idx(images), _read_idx(labels).astype(np.int64)
-        else:
-            self.images, self.targets = _download_fashion_mnist(split)
+        if not (images.is_file() and labels.is_file()):
+            raise FileNotFoundError(
+                f'Fashion-MNIST not found in {root} (no {images.name} / {labels.name}): install Debian\'s '
+                f'package (`apt-get install dataset-fashion-mnist`, as `make demo` does) or point '
+                f'CARETRANS_FASHION_MNIST at a folder holding the four IDX files')
+        self.images, self.targets = _read_idx(images), _read_idx(labels).astype(np.int64)
         if len(self.images) != len(self.targets):
             raise ValueError(f'Fashion-MNIST {split}: {len(self.images)} images but {len(self.targets)} labels')
         self.transform = transform
@@ -68,16 +70,6 @@ class FashionMNIST(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.targets[index])
-
-
-def _download_fashion_mnist(split: str):
-    """torchvision's copy, for machines without Debian's dataset-fashion-mnist package."""
-    from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
-
-    root = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'caretrans'
-    _logger.warning('%s not found: downloading Fashion-MNIST with torchvision into %s', FASHION_MNIST_DIR, root)
-    ds = TorchvisionFashionMNIST(str(root), train=split == 'train', download=True)
-    return ds.data.numpy(), ds.targets.numpy().astype(np.int64)
 
 
 class ImageFolderSafe(Dataset):
