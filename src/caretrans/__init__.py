@@ -1,8 +1,9 @@
 """caretrans: the CARE Transformer (CVPR 2025) for timm.
 
-Importing the package registers `care_s0`, `care_s1` and `care_s2` with timm: at once if timm is
-loaded, else as soon as it is. The package itself loads torch only when something needs it, so
-that the `caretrans` command answers `--help` without it.
+Importing the package registers `care_s0`, `care_s1`, `care_s2` and the rows of the paper's ablation
+tables (`care_s2_sym`, ...) with timm: at once if timm is loaded, else as soon as it is. The package
+itself loads torch only when something needs it, so that the `caretrans` command answers `--help`
+without it.
 """
 import importlib
 import importlib.abc

@@ -12,7 +12,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from .catalog import CARE_MODELS, RUNTIMES
+from .catalog import RUNTIMES
 
 # ImageNet-1k top-1 (%) from the paper's Table 1.
 PAPER_TOP1 = {
@@ -20,8 +20,18 @@ PAPER_TOP1 = {
     'mobileone_s0': 71.4, 'mobileone_s1': 75.9, 'mobileone_s2': 77.4, 'mobileone_s3': 78.1, 'mobileone_s4': 79.4,
     'fastvit_t8': 76.7, 'fastvit_t12': 80.3, 'fastvit_s12': 80.9, 'fastvit_sa12': 81.9,
     'deit_tiny_patch16_224': 72.2, 'pvt_v2_b0': 70.5,
+    # the ablation rows (Tables 3-5)
+    'care_s2_sym': 82.1, 'care_s2_stacked': 81.4, 'care_s2_no_local': 77.3, 'care_s0_no_inter1': 76.2,
+    'care_s0_no_inter2': 70.9, 'care_s0_no_memory': 76.5, 'care_s0_early_attn': 78.3, 'care_s1_early_attn': 79.9,
+    'care_s2_early_attn': 82.0, 'care_s0_single_local': 78.1, 'care_s1_single_local': 79.8,
+    'care_s2_single_local': 81.8,
 }
 REFERENCE = ('care_s0', 'fused')
+
+
+def is_care_model(name: str) -> bool:
+    """A CARE model (released or an ablation row): timed un-fused and fused."""
+    return name.startswith('care_')
 
 
 @dataclass
@@ -116,7 +126,7 @@ def benchmark(models: Sequence[str], runtimes: Sequence[str], batch_size: int = 
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter('ignore')
         for name in models:
-            variants = ('unfused', 'fused') if name in CARE_MODELS else ('reparam',)
+            variants = ('unfused', 'fused') if is_care_model(name) else ('reparam',)
             for variant in variants:
                 model = create_model(name, variant != 'unfused', num_classes)
                 if name not in stats:  # CARE's figures as published: the un-fused model

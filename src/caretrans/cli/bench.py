@@ -32,7 +32,7 @@ def _check(args):
 
 
 def run(args):
-    from ..bench.latency import CARE_MODELS, benchmark, plot, throughput
+    from ..bench.latency import benchmark, is_care_model, plot, throughput
     from .common import check_model_names
 
     check_model_names(args.models)
@@ -42,7 +42,7 @@ def run(args):
     result = dict(rows=rows)
     if args.throughput:
         result['throughput'] = [throughput(m, args.throughput_batch, args.img_size)
-                                for m in args.models if m in CARE_MODELS]
+                                for m in args.models if is_care_model(m)]
     if args.plot:
         result['plot'] = str(plot(rows, args.plot, 'onnxruntime' if 'onnxruntime' in args.runtimes
                                   else args.runtimes[0]))

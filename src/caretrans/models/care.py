@@ -8,7 +8,8 @@ The tensor that flows between blocks carries C = d + g channels: the first g are
 dynamic memory, the other d = 3g are the features. Each block splits the features
 asymmetrically into a global part (g channels: long-range convs in stages 1-2, linear
 attention in stages 3-4) and a local part (2g channels: 3x3 and 7x7 depthwise convs),
-then mixes local with global (Inter1) and features with memory (Inter2).
+then mixes local with global (Inter1) and features with memory (Inter2). Structure options
+build the variants of the paper's ablations (Tables 3-5) from the same modules.
 """
 import re
 from typing import List, Optional, Sequence, Tuple, Union
@@ -241,20 +242,43 @@ class LinearAttention(nn.Module):
 
 
 class TokenMixer(nn.Module):
-    """Asymmetric decoupling: global mixer on g channels, 3x3 and 7x7 local bias on g each."""
+    """Decoupled token mixing: the channels split into [global | local 3x3 | local 7x7] groups, each mixed apart.
 
-    def __init__(self, dim: int, use_attention: bool, head_dim: int, attention_kernel: str):
+    Released (asymmetric) blocks have three groups of g channels; an ablation may drop a group
+    (a width of 0) or give all local channels to one 3x3 conv (`local7` absent).
+    """
+
+    def __init__(self, global_mixer: Optional[nn.Module], widths: Tuple[int, int, int]):
         super().__init__()
-        if use_attention:
-            self.global_mixer = LinearAttention(dim, head_dim, kernel=attention_kernel)
-        else:
-            self.global_mixer = LongRangeConv(dim)
-        self.local3 = DepthwiseConv(dim, 3)
-        self.local7 = DepthwiseConv(dim, 7)
+        self.global_mixer = global_mixer
+        self.local3 = DepthwiseConv(widths[1], 3) if widths[1] else None
+        self.local7 = DepthwiseConv(widths[2], 7) if widths[2] else None
+        self.widths = [w for w in widths if w]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, l3, l7 = x.chunk(3, dim=1)
-        return torch.cat([self.global_mixer(a), self.local3(l3), self.local7(l7)], dim=1)
+        parts = x.split(self.widths, dim=1)
+        out: List[torch.Tensor] = []
+        if self.global_mixer is not None:
+            out.append(self.global_mixer(parts[0]))
+        if self.local3 is not None:
+            out.append(self.local3(parts[len(out)]))
+        if self.local7 is not None:
+            out.append(self.local7(parts[len(out)]))
+        return torch.cat(out, dim=1) if len(out) > 1 else out[0]
+
+
+class StackedMixer(nn.Module):
+    """No decoupling (MLLA-style stack, the paper's Eq. 3): local bias, global mixer, local bias, each
+    over all feature channels."""
+
+    def __init__(self, global_mixer: nn.Module, local_widths: Tuple[int, int]):
+        super().__init__()
+        self.local_in = TokenMixer(None, (0,) + local_widths)
+        self.global_mixer = global_mixer
+        self.local_out = TokenMixer(None, (0,) + local_widths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.local_out(self.global_mixer(self.local_in(x)))
 
 
 class Interaction(nn.Module):
@@ -286,8 +310,80 @@ class Interaction(nn.Module):
             self.norm = nn.Identity()
 
 
+# Structure options of the paper's ablations (Tables 3-5); the first of each is the released model.
+DECOUPLINGS = ('asym', 'sym', 'stacked', 'no_local')
+EARLY_MIXERS = ('conv', 'attention')
+LOCAL_BIASES = ('multiscale', 'single')
+
+
+def mixer_widths(dim: int, decoupling: str = 'asym', local: str = 'multiscale') -> Tuple[int, int, int]:
+    """Channels of (global mixer, local 3x3, local 7x7) in a token mixer over `dim` feature channels.
+
+    asym: d/3 global, d/3 + d/3 local (released); sym: d/2 global, d/2 local; stacked: every stage of
+    the stack spans all d channels; no_local: d global, no local conv. `local='single'` gives all
+    local channels to the 3x3 conv.
+    """
+    global_width, local_width = dict(
+        asym=(dim // 3, dim - dim // 3), sym=(dim // 2, dim // 2), stacked=(dim, dim), no_local=(dim, 0))[decoupling]
+    if local == 'single' or not local_width:
+        return global_width, local_width, 0
+    return global_width, local_width // 2, local_width // 2
+
+
+def check_structure(dims: Sequence[int], decoupling: str = 'asym', inter1: bool = True, inter2: bool = True,
+                    memory: bool = True, early: str = 'conv', local: str = 'multiscale'):
+    """Raise a ValueError naming an unknown structure option, a bad combination, or dims that do not split."""
+    for name, value, choices in (('decoupling', decoupling, DECOUPLINGS), ('early', early, EARLY_MIXERS),
+                                 ('local', local, LOCAL_BIASES)):
+        if value not in choices:
+            raise ValueError(f'{name} must be one of {", ".join(map(repr, choices))}, got {value!r}')
+    for name, value in (('inter1', inter1), ('inter2', inter2), ('memory', memory)):
+        if not isinstance(value, bool):
+            raise ValueError(f'{name} must be True or False, got {value!r}')
+    if decoupling == 'no_local' and local != 'multiscale':
+        raise ValueError(f"decoupling='no_local' has no local convs, so local={local!r} cannot apply")
+    for d in dims:
+        if d % 3:
+            raise ValueError(f'feature dims must be multiples of 3 (d = 3g), got {tuple(dims)}')
+        global_width, width3, width7 = mixer_widths(d, decoupling, local)
+        split = (0 if decoupling == 'stacked' else global_width) + width3 + width7
+        if split != d or (local == 'multiscale' and width3 != width7):
+            raise ValueError(f'decoupling={decoupling!r} with local={local!r} cannot split {d} feature channels '
+                             f'evenly (dims {tuple(dims)})')
+
+
+# Attention head width per stage of the released model; stages 1-2 only use theirs with early='attention'.
+HEAD_DIMS = (4, 8, 16, 32)
+
+
+def default_head_dims(dims: Sequence[int], decoupling: str = 'asym', local: str = 'multiscale') -> List[int]:
+    """Attention head width per stage: the released one where it divides the attention's width, else one head.
+
+    One head only happens for CARE-S2 with decoupling='sym' (72 and 144 channels in stages 3-4).
+    """
+    widths = [mixer_widths(d, decoupling, local)[0] for d in dims]
+    return [hd if w % hd == 0 else w for w, hd in zip(widths, HEAD_DIMS)]
+
+
+def token_mixer(dim: int, use_attention: bool, head_dim: int, attention_kernel: str = 'elu',
+                decoupling: str = 'asym', local: str = 'multiscale') -> nn.Module:
+    """The token mixer of a block over `dim` feature channels: decoupled groups, or the stack."""
+    global_width, width3, width7 = mixer_widths(dim, decoupling, local)
+    if use_attention:
+        global_mixer = LinearAttention(global_width, head_dim, kernel=attention_kernel)
+    else:
+        global_mixer = LongRangeConv(global_width)
+    if decoupling == 'stacked':
+        return StackedMixer(global_mixer, (width3, width7))
+    return TokenMixer(global_mixer, (global_width, width3, width7))
+
+
 class CareBlock(nn.Module):
-    """CARE block: token mixing, Inter1 (local <-> global), Inter2 (features <-> memory)."""
+    """CARE block: token mixing, Inter1 (local <-> global), Inter2 (features <-> memory).
+
+    Ablations (docs/architecture.md) may drop Inter1, Inter2 (the block then adds its layer-scaled
+    mixed features to its input) or the memory (mem_dim 0: Inter2 sees the features only).
+    """
 
     def __init__(
             self,
@@ -301,15 +397,20 @@ class CareBlock(nn.Module):
             drop_path: float = 0.0,
             layer_scale_init_value: float = 1e-6,
             last: bool = False,
+            decoupling: str = 'asym',
+            local: str = 'multiscale',
+            inter1: bool = True,
+            inter2: bool = True,
     ):
         super().__init__()
+        last = last and inter2  # without Inter2 the last block is an ordinary one
         self.mem_dim = mem_dim
         self.last = last
         self.reparameterized = False
-        self.token_mixer = TokenMixer(mem_dim, use_attention, head_dim, attention_kernel)
-        self.inter1 = Interaction(dim, expansion[0], drop)
-        self.inter2 = Interaction(dim + mem_dim, expansion[1], drop, project=not last)
-        self.out_chans = self.inter2.out_chans
+        self.token_mixer = token_mixer(dim, use_attention, head_dim, attention_kernel, decoupling, local)
+        self.inter1 = Interaction(dim, expansion[0], drop) if inter1 else None
+        self.inter2 = Interaction(dim + mem_dim, expansion[1], drop, project=not last) if inter2 else None
+        self.out_chans = self.inter2.out_chans if self.inter2 is not None else dim + mem_dim
         if last:
             self.layer_scale = None
             self.drop_path = nn.Identity()
@@ -320,16 +421,23 @@ class CareBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         memory, features = x[:, :self.mem_dim], x[:, self.mem_dim:]
         features = self.token_mixer(features)
-        features = features + self.inter1(features)
-        u = torch.cat([memory, features], dim=1)
+        if self.inter1 is not None:
+            features = features + self.inter1(features)
+        u = torch.cat([memory, features], dim=1) if self.mem_dim > 0 else features
+        if self.inter2 is None:  # ablation: no Inter2 to fold the layer scale into
+            self._check_trainable()
+            return x + self.drop_path(self.layer_scale.view(1, -1, 1, 1) * u)
         if self.layer_scale is None:
             return self.inter2(u)
         if self.reparameterized:  # inference: the layer scale is folded into inter2.fc2
-            if self.training:
-                raise RuntimeError('this block is re-parameterised for inference and cannot be trained')
+            self._check_trainable()
             return x + u * self.layer_scale.view(1, -1, 1, 1) + self.inter2(u)
         out = u + self.inter2(u)
         return x + self.drop_path(self.layer_scale.view(1, -1, 1, 1) * out)
+
+    def _check_trainable(self):
+        if self.reparameterized and self.training:
+            raise RuntimeError('this block is re-parameterised for inference and cannot be trained')
 
     def reparameterize(self):
         """Fold the interaction units' BatchNorms into their 1x1 convs and the layer scale into inter2.fc2.
@@ -340,9 +448,10 @@ class CareBlock(nn.Module):
         if self.reparameterized:
             return
         _check_eval(self)
-        self.inter1.reparameterize()
-        self.inter2.reparameterize()
-        if self.layer_scale is not None:
+        for unit in (self.inter1, self.inter2):
+            if unit is not None:
+                unit.reparameterize()
+        if self.layer_scale is not None and self.inter2 is not None:
             scale = self.layer_scale.detach()
             fc2 = self.inter2.fc2
             self.inter2.fc2 = _conv_like(fc2.weight * scale.view(-1, 1, 1, 1), fc2.bias * scale)
@@ -444,7 +553,11 @@ class CareHead(nn.Module):
 
 
 class CareTransformer(nn.Module):
-    """CARE Transformer: a 4-stage backbone of CARE blocks with DeiT-style twin heads."""
+    """CARE Transformer: a 4-stage backbone of CARE blocks with DeiT-style twin heads.
+
+    decoupling, inter1, inter2, memory, early and local build the paper's ablations (Tables 3-5);
+    their defaults are the released model (docs/architecture.md, "Ablation variants").
+    """
 
     def __init__(
             self,
@@ -454,19 +567,22 @@ class CareTransformer(nn.Module):
             depths: Sequence[int] = (2, 4, 8, 4),
             dims: Sequence[int] = (24, 48, 96, 192),
             expansions: Sequence[Tuple[int, int]] = ((2, 2), (2, 4), (4, 4), (4, 4)),
-            attention_stages: Sequence[bool] = (False, False, True, True),
-            head_dims: Sequence[int] = (16, 16, 16, 32),
+            head_dims: Optional[Sequence[int]] = None,
             attention_kernel: str = 'elu',
             layer_scale_init_value: float = 1e-6,
             drop_rate: float = 0.0,
             proj_drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
             distillation: bool = True,
+            decoupling: str = 'asym',
+            inter1: bool = True,
+            inter2: bool = True,
+            memory: bool = True,
+            early: str = 'conv',
+            local: str = 'multiscale',
     ):
         super().__init__()
-        for d in dims:
-            if d % 3:
-                raise ValueError(f'feature dims must be multiples of 3 (d = 3g), got {tuple(dims)}')
+        check_structure(dims, decoupling, inter1, inter2, memory, early, local)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -475,9 +591,12 @@ class CareTransformer(nn.Module):
         self.distilled_training = False  # as timm's DeiT: training returns one tensor unless turned on
         self.grad_checkpointing = False
 
-        mem_dims = [d // 3 for d in dims]
+        if head_dims is None:
+            head_dims = default_head_dims(dims, decoupling, local)
+        mem_dims = [d // 3 if memory else 0 for d in dims]
         chans = [d + g for d, g in zip(dims, mem_dims)]
         self.stem = Stem(in_chans, chans[0])
+        attention_stages = [early == 'attention', early == 'attention', True, True]
 
         dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
         stages, prev, stride = [], chans[0], 4
@@ -493,6 +612,10 @@ class CareTransformer(nn.Module):
                 attention_kernel=attention_kernel,
                 drop=proj_drop_rate,
                 layer_scale_init_value=layer_scale_init_value,
+                decoupling=decoupling,
+                local=local,
+                inter1=inter1,
+                inter2=inter2,
             )
             stages.append(stage)
             prev = stage.out_chans
@@ -700,7 +823,7 @@ def checkpoint_filter_fn(state_dict: dict, model: CareTransformer, source: str =
 
 
 def _create_care(variant: str, pretrained: bool = False, **kwargs) -> CareTransformer:
-    if pretrained:
+    if pretrained and variant not in ABLATIONS:
         _check_released_weights_given(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     return build_model_with_cfg(
@@ -769,10 +892,28 @@ def _cfg(variant: str, **kwargs):
     }
 
 
+# The rows of the paper's ablation tables as named models: a released model and the structure
+# options that make the row (docs/architecture.md, "Ablation variants"). No weights were released.
+ABLATIONS = {
+    'care_s2_sym': ('care_s2', dict(decoupling='sym')),
+    'care_s2_stacked': ('care_s2', dict(decoupling='stacked')),
+    'care_s2_no_local': ('care_s2', dict(decoupling='no_local')),
+    'care_s0_no_inter1': ('care_s0', dict(inter1=False)),
+    'care_s0_no_inter2': ('care_s0', dict(inter2=False)),
+    'care_s0_no_memory': ('care_s0', dict(memory=False)),
+    'care_s0_early_attn': ('care_s0', dict(early='attention')),
+    'care_s1_early_attn': ('care_s1', dict(early='attention')),
+    'care_s2_early_attn': ('care_s2', dict(early='attention')),
+    'care_s0_single_local': ('care_s0', dict(local='single')),
+    'care_s1_single_local': ('care_s1', dict(local='single')),
+    'care_s2_single_local': ('care_s2', dict(local='single')),
+}
+
 default_cfgs = generate_default_cfgs({
     'care_s0.in1k': _cfg('care_s0'),
     'care_s1.in1k': _cfg('care_s1'),
     'care_s2.in1k': _cfg('care_s2'),
+    **{name: _cfg(name, notes=('An ablation row of the paper: no weights were released.',)) for name in ABLATIONS},
 })
 
 # Architecture of each variant (docs/architecture.md, "Variants").
@@ -799,3 +940,80 @@ def care_s1(pretrained: bool = False, **kwargs) -> CareTransformer:
 def care_s2(pretrained: bool = False, **kwargs) -> CareTransformer:
     """CARE-S2: 19.48 M params, 1.93 GMACs at 224x224."""
     return _create_care('care_s2', pretrained, **dict(MODEL_ARGS['care_s2'], **kwargs))
+
+
+def _create_ablation(name: str, pretrained: bool = False, **kwargs) -> CareTransformer:
+    base, options = ABLATIONS[name]
+    return _create_care(name, pretrained, **{**MODEL_ARGS[base], **options, **kwargs})
+
+
+@register_model
+def care_s2_sym(pretrained: bool = False, **kwargs) -> CareTransformer:
+    """Table 3 'w/ Sym': CARE-S2, features split in equal global and local halves (19.7 M, 2.0 GMACs)."""
+    return _create_ablation('care_s2_sym', pretrained, **kwargs)
+
+
+@register_model
+def care_s2_stacked(pretrained: bool = False, **kwargs) -> CareTransformer:
+    """Table 3 'w/ Sta': CARE-S2, local bias -> global mixer -> local bias over all features (20.9 M, 2.1 GMACs)."""
+    return _create_ablation('care_s2_stacked', pretrained, **kwargs)
+
+
+@register_model
+def care_s2_no_local(pretrained: bool = False, **kwargs) -> CareTransformer:
+    """Table 3 'w/o Local': CARE-S2, global mixer over all features, no local convs (20.7 M, 2.0 GMACs)."""
+    return _create_ablation('care_s2_no_local', pretrained, **kwargs)
+
+
+@register_model
+def care_s0_no_inter1(pretrained: bool = False, **kwargs) -> CareTransformer:
+    """Table 4: CARE-S0 without Inter1 (5.5 M, 0.5 GMACs)."""
+    return _create_ablation('care_s0_no_inter1', pretrained, **kwargs)
+
+
+@register_model
+def care_s0_no_inter2(pretrained: bool = False, **kwargs) -> CareTransformer:
+    """Table 4: CARE-S0 without Inter2 (2.7 M, 0.3 GMACs)."""
+    return _create_ablation('care_s0_no_inter2', pretrained, **kwargs)
+
+
+@register_model
+def care_s0_no_memory(pretrained: bool = False, **kwargs) -> CareTransformer:
+    """Table 4: CARE-S0 without the memory; Inter2 sees the features only (5.4 M, 0.5 GMACs)."""
+    return _create_ablation('care_s0_no_memory', pretrained, **kwargs)
+
+
+@register_model
+def care_s0_early_attn(pretrained: bool = False, **kwargs) -> CareTransformer:
+    """Table 5: CARE-S0 with linear attention in stages 1-2 too (7.34 M, 0.72 GMACs)."""
+    return _create_ablation('care_s0_early_attn', pretrained, **kwargs)
+
+
+@register_model
+def care_s1_early_attn(pretrained: bool = False, **kwargs) -> CareTransformer:
+    """Table 5: CARE-S1 with linear attention in stages 1-2 too (9.60 M, 1.03 GMACs)."""
+    return _create_ablation('care_s1_early_attn', pretrained, **kwargs)
+
+
+@register_model
+def care_s2_early_attn(pretrained: bool = False, **kwargs) -> CareTransformer:
+    """Table 5: CARE-S2 with linear attention in stages 1-2 too (19.48 M, 1.93 GMACs)."""
+    return _create_ablation('care_s2_early_attn', pretrained, **kwargs)
+
+
+@register_model
+def care_s0_single_local(pretrained: bool = False, **kwargs) -> CareTransformer:
+    """Table 5: CARE-S0 with one 3x3 conv on all local channels (7.32 M, 0.71 GMACs)."""
+    return _create_ablation('care_s0_single_local', pretrained, **kwargs)
+
+
+@register_model
+def care_s1_single_local(pretrained: bool = False, **kwargs) -> CareTransformer:
+    """Table 5: CARE-S1 with one 3x3 conv on all local channels (9.57 M, 1.02 GMACs)."""
+    return _create_ablation('care_s1_single_local', pretrained, **kwargs)
+
+
+@register_model
+def care_s2_single_local(pretrained: bool = False, **kwargs) -> CareTransformer:
+    """Table 5: CARE-S2 with one 3x3 conv on all local channels (19.43 M, 1.92 GMACs)."""
+    return _create_ablation('care_s2_single_local', pretrained, **kwargs)
