@@ -222,3 +222,66 @@ def _residual_backward(ctx, grad):
 
 
 residual.register_autograd(_residual_backward, setup_context=_residual_setup)
+
+
+# ---------------------------------------------------------------------------------------- token mixer
+
+@torch.library.custom_op('caretrans::token_mix', mutates_args=())
+def token_mix(x: Tensor, glob: Optional[Tensor], w3: Tensor, b3: Tensor, w7: Tensor, b7: Tensor,
+              wv: Optional[Tensor], bv: Optional[Tensor], wh: Optional[Tensor], bh: Optional[Tensor]) -> Tensor:
+    """CARE's token mixer (reference.token_mix): [glob | 3x3 | 7x7] of x = [l3 | l7], or
+    [11x1 + 1x11 | 3x3 | 7x7] of x = [a | l3 | l7] without glob."""
+    if not _on_triton(x):
+        return _as(reference.token_mix(x, glob, w3, b3, w7, b7, wv, bv, wh, bh), x)
+    from . import depthwise
+    return depthwise.mix(x, glob, w3, b3, w7, b7, wv, bv, wh, bh, _empty(x, channels=3 * w3.shape[0]))
+
+
+@token_mix.register_fake
+def _(x, glob, w3, b3, w7, b7, wv, bv, wh, bh):
+    return _empty(x, channels=3 * w3.shape[0])
+
+
+@torch.library.custom_op('caretrans::token_mix_backward', mutates_args=())
+def token_mix_backward(grad: Tensor, x: Tensor, glob_mode: bool, w3: Tensor, w7: Tensor, wv: Optional[Tensor],
+                       wh: Optional[Tensor]) -> List[Tensor]:
+    """[d x, d w3, d b3, d w7, d b7, d wv, d bv, d wh, d bh] of token_mix (the long-range four empty in glob
+    mode); d glob is grad[:, :g] itself."""
+    if not _on_triton(x):
+        g = w3.shape[0]
+        glob = grad[:, :g] if glob_mode else None
+        biases = [torch.zeros(g, dtype=w3.dtype, device=w3.device) if w is not None else None
+                  for w in (w3, w7, wv, wh)]
+        grads = _vjp(reference.token_mix, grad, [x, glob, w3, biases[0], w7, biases[1], wv, biases[2], wh, biases[3]])
+        return grads[:1] + grads[2:]
+    from . import depthwise
+    dx = depthwise.input_grad(grad, w3, w7, wv, wh, glob_mode, _empty(x))
+    weight_grads = depthwise.weight_grads(grad, x, w3, w7, wv, wh, glob_mode)
+    params = (w3, w3, w7, w7, wv, wv, wh, wh)
+    return [dx] + [_or_empty(t if t is None else t.to(p.dtype), x) for t, p in zip(weight_grads, params)]
+
+
+@token_mix_backward.register_fake
+def _(grad, x, glob_mode, w3, w7, wv, wh):
+    shapes = [w3, w3[:, 0, 0, 0], w7, w7[:, 0, 0, 0]] + [
+        t if t is None or i % 2 == 0 else t[:, 0, 0, 0] for i, t in enumerate((wv, wv, wh, wh))]
+    return [_empty(x)] + [_or_empty(None, x) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+                          for t in shapes]
+
+
+def _token_mix_setup(ctx, inputs, output):
+    x, glob, w3, b3, w7, b7, wv, bv, wh, bh = inputs
+    ctx.glob_mode = glob is not None
+    ctx.save_for_backward(x, w3, w7, wv, wh)
+
+
+def _token_mix_backward(ctx, grad):
+    x, w3, w7, wv, wh = ctx.saved_tensors
+    dx, dw3, db3, dw7, db7, dwv, dbv, dwh, dbh = token_mix_backward(grad, x, ctx.glob_mode, w3, w7, wv, wh)
+    dglob = grad[:, :w3.shape[0]] if ctx.glob_mode else None
+    if ctx.glob_mode:
+        dwv = dbv = dwh = dbh = None
+    return dx, dglob, dw3, db3, dw7, db7, dwv, dbv, dwh, dbh
+
+
+token_mix.register_autograd(_token_mix_backward, setup_context=_token_mix_setup)
