@@ -24,6 +24,8 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
+from .. import kernels as _kernels
+from ..kernels import fused as _fused
 from .checkpoint import CheckpointError, match_state_dict
 
 __all__ = ['CareTransformer', 'checkpoint_filter_fn', 'reparameterize', 'MIN_INPUT_SIZE']
@@ -47,6 +49,13 @@ def _is_exporting() -> bool:
         or torch.compiler.is_compiling()
         or torch.compiler.is_exporting()
     )
+
+
+def _use_kernels(mode: str, x: torch.Tensor) -> bool:
+    """Whether a module runs its fused Triton ops (caretrans.kernels, model option kernels=); never in TorchScript."""
+    if torch.jit.is_scripting():
+        return False
+    return _kernels.use_triton(mode, x)
 
 
 def _channels_innermost(x: torch.Tensor) -> bool:
@@ -223,10 +232,15 @@ class LinearAttention(nn.Module):
         self.kernel = kernel
         self.qk = PointwiseConv(dim, 2 * dim)
 
+    kernels = 'auto'  # set by CareTransformer.set_kernels
+    _fused_forward = torch.jit.unused(_fused.linear_attention)
+
     def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return F.elu(x) + 1.0 if self.kernel == 'elu' else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_kernels(self.kernels, x):
+            return self._fused_forward(x)
         B, C, H, W = x.shape
         N = H * W
         q, k = self.qk(x).chunk(2, dim=1)
@@ -253,7 +267,12 @@ class TokenMixer(nn.Module):
         self.local3 = DepthwiseConv(dim, 3)
         self.local7 = DepthwiseConv(dim, 7)
 
+    kernels = 'auto'  # set by CareTransformer.set_kernels
+    _fused_forward = torch.jit.unused(_fused.token_mixer)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_kernels(self.kernels, x):
+            return self._fused_forward(x)
         a, l3, l7 = x.chunk(3, dim=1)
         return torch.cat([self.global_mixer(a), self.local3(l3), self.local7(l7)], dim=1)
 
@@ -275,7 +294,12 @@ class Interaction(nn.Module):
         self.fc2 = PointwiseConv(hidden, dim) if project else nn.Identity()
         self.out_chans = dim if project else hidden
 
+    kernels = 'auto'  # set by CareTransformer.set_kernels
+    _fused_forward = torch.jit.unused(_fused.interaction)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_kernels(self.kernels, x):
+            return self._fused_forward(x)
         x = self.drop(self.dwconv(self.act(self.fc1(self.norm(x)))))
         return self.fc2(x)
 
@@ -318,7 +342,12 @@ class CareBlock(nn.Module):
             self.layer_scale = nn.Parameter(torch.full((dim + mem_dim,), layer_scale_init_value))
             self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
+    kernels = 'auto'  # set by CareTransformer.set_kernels
+    _fused_forward = torch.jit.unused(_fused.care_block)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_kernels(self.kernels, x):
+            return self._fused_forward(x)
         memory, features = x[:, :self.mem_dim], x[:, self.mem_dim:]
         features = self.token_mixer(features)
         features = features + self.inter1(features)
@@ -463,6 +492,7 @@ class CareTransformer(nn.Module):
             proj_drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
             distillation: bool = True,
+            kernels: str = 'auto',
     ):
         super().__init__()
         for d in dims:
@@ -505,6 +535,7 @@ class CareTransformer(nn.Module):
         self.head_dist = CareHead(prev, num_classes, global_pool, drop_rate) if distillation else None
         self.head_hidden_size = self.head.num_features
         self.apply(self._init_weights)
+        self.set_kernels(kernels)
 
     @staticmethod
     def _init_weights(m: nn.Module):
@@ -532,6 +563,15 @@ class CareTransformer(nn.Module):
         self.grad_checkpointing = enable
         for s in self.stages:
             s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_kernels(self, mode: str = 'auto'):
+        """Fused Triton kernels: 'auto' runs them on CUDA, 'triton' wherever the ops run, 'torch' never
+        (caretrans.kernels; the PyTorch path is the reference and the default on the CPU)."""
+        self.kernels = _kernels.check_mode(mode)
+        for m in self.modules():
+            if hasattr(type(m), '_fused_forward'):
+                m.kernels = mode
 
     @torch.jit.ignore
     def set_distilled_training(self, enable: bool = True):
