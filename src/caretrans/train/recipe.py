@@ -73,6 +73,7 @@ class Recipe(RecipeFields):
     amp: bool = field(default=False, metadata=dict(help='mixed precision (bfloat16; float16 with --amp-dtype)'))
     amp_dtype: str = field(default='bfloat16', metadata=dict(help="'bfloat16' or 'float16' (CUDA only)"))
     channels_last: bool = False
+    compile: bool = field(default=False, metadata=dict(help='torch.compile the model for training and evaluation'))
     sync_bn: bool = field(default=False, metadata=dict(help='synchronised BatchNorm across GPUs (CUDA only)'))
     seed: int = 0
     deterministic: bool = field(default=False, metadata=dict(help='deterministic kernels (slower)'))
