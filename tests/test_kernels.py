@@ -148,3 +148,53 @@ def test_triton_kernels_under_the_interpreter():
         cwd=tests.parent, env=env, capture_output=True, text=True, timeout=900)
     report = result.stdout[-6000:] + result.stderr[-2000:]
     assert result.returncode == 0 and ' passed' in result.stdout, report
+
+
+@pytest.mark.skipif(not TRITON_INSTALLED, reason='triton is not installed')
+@pytest.mark.skipif(os.environ.get('TRITON_INTERPRET') == '1', reason='the interpreter compiles nothing')
+def test_kernels_compile_for_hopper(monkeypatch):
+    """Every kernel, as the model launches it (fp32 and bf16, channels-last), compiles to a cubin for sm_90
+    without a GPU: what the interpreter cannot check (e.g. globals that are not tl.constexpr)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    from caretrans.kernels import attention, depthwise, epilogue
+
+    pointer = {torch.float32: '*fp32', torch.float16: '*fp16', torch.bfloat16: '*bf16'}
+    compiled = set()
+
+    def compile_launch(kernel, args, kwargs):
+        values = dict(zip(kernel.arg_names, args), **kwargs)
+        signature, constants = {}, {}
+        for p in kernel.params:
+            v = values[p.name]
+            if p.is_constexpr:
+                signature[p.name], constants[p.name] = 'constexpr', v
+            else:
+                signature[p.name] = pointer[v.dtype] if isinstance(v, torch.Tensor) else \
+                    'fp32' if isinstance(v, float) else 'i32'
+        binary = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget('cuda', 90, 32))
+        assert binary.asm['cubin']
+        compiled.add(kernel.__name__)
+
+    monkeypatch.setattr(JITFunction, '__getitem__', lambda kernel, grid: lambda *a, **k: compile_launch(kernel, a, k))
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(2, 48, 7, 7, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        g, y, b, s = x[:, :16], x[:, 16:], torch.randn(32), torch.rand(32)
+        attention.forward(x[:, :32], g, 1, True, torch.empty_like(g))
+        attention.backward(g, x[:, :32], g, 1, True, torch.empty_like(x[:, :32]), torch.empty_like(g))
+        epilogue.bias_gelu_forward(y, b, torch.empty_like(y))
+        epilogue.bias_gelu_backward(y, y, b, torch.empty_like(y))
+        epilogue.residual_forward(y, y, b, y, s, s[:2], True, torch.empty_like(y))
+        epilogue.residual_backward(y, y, b, y, s, None, False, torch.empty_like(y), torch.empty_like(y))
+        weights = [torch.randn(16, 1, 3, 3), b[:16], torch.randn(16, 1, 7, 7), b[:16],
+                   torch.randn(16, 1, 11, 1), b[:16], torch.randn(16, 1, 1, 11), b[:16]]
+        depthwise.mix(x, None, *weights, torch.empty_like(x))
+        depthwise.mix(y, g, *weights[:4], None, None, None, None, torch.empty_like(x))
+        depthwise.input_grad(x, *weights[0:8:2], False, torch.empty_like(x))
+        depthwise.weight_grads(x, y, weights[0], weights[2], None, None, True)
+    assert compiled == {'_forward_kernel', '_backward_kernel', '_bias_gelu_forward_kernel',
+                        '_bias_gelu_backward_kernel', '_residual_forward_kernel', '_residual_backward_kernel',
+                        '_mix_kernel', '_weight_grad_kernel'}

@@ -25,9 +25,9 @@ _WGRAD_PROGRAMS = 512
 def _conv_taps(acc, src_ptr, w_ptr, b, h, w, pmask, c_src, c, cmask, H, W, ssb, ssc, ssh, ssw,
                KH: tl.constexpr, KW: tl.constexpr):
     """acc + a KHxKW depthwise conv ('same' zero padding) of source channels c_src, weights of channels c."""
-    for i in tl.static_range(KH):
+    for i in range(KH):
         hh = h + (i - KH // 2)
-        for j in tl.static_range(KW):
+        for j in range(KW):
             ww = w + (j - KW // 2)
             inside = pmask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
             x = tl.load(src_ptr + b * ssb + c_src[None, :] * ssc + (hh * ssh + ww * ssw)[:, None],
@@ -86,9 +86,9 @@ def _tap_sums(acc, g, src_ptr, b, h, w, pmask, c_src, cmask, H, W, ssb, ssc, ssh
               KH: tl.constexpr, KW: tl.constexpr, BLOCK_T: tl.constexpr):
     """acc[tap, c] + sum over the tile's pixels of g * (src shifted by tap): the weight gradient's terms."""
     taps = tl.arange(0, BLOCK_T)
-    for i in tl.static_range(KH):
+    for i in range(KH):
         hh = h + (i - KH // 2)
-        for j in tl.static_range(KW):
+        for j in range(KW):
             ww = w + (j - KW // 2)
             inside = pmask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
             x = tl.load(src_ptr + b * ssb + c_src[None, :] * ssc + (hh * ssh + ww * ssw)[:, None],

@@ -12,8 +12,8 @@ import triton.language as tl
 
 from ._layout import channel_tile, pixel_strides
 
-_SQRT1_2 = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
+_SQRT1_2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 # The backward kernels aim at about this many programs: enough for every SM, few atomics.
 _BACKWARD_PROGRAMS = 1024
 
