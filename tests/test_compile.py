@@ -3,7 +3,6 @@
 torch.compile is spied on and given the 'eager' backend (Dynamo's graph capture without code
 generation), so these check the wiring in seconds; compiled kernels are the GPU benchmark's business.
 """
-import functools
 import json
 
 import pytest

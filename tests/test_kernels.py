@@ -152,6 +152,7 @@ def test_triton_kernels_under_the_interpreter():
 
 @pytest.mark.skipif(not TRITON_INSTALLED, reason='triton is not installed')
 @pytest.mark.skipif(os.environ.get('TRITON_INTERPRET') == '1', reason='the interpreter compiles nothing')
+@pytest.mark.skipif(torch.cuda.is_available(), reason='with CUDA, tests/test_triton_kernels.py compiles and runs them')
 def test_kernels_compile_for_hopper(monkeypatch):
     """Every kernel, as the model launches it (fp32 and bf16, channels-last), compiles to a cubin for sm_90
     without a GPU: what the interpreter cannot check (e.g. globals that are not tl.constexpr)."""

@@ -55,7 +55,7 @@ def interaction(m, x: torch.Tensor) -> torch.Tensor:
 
 
 def _drop_path_factors(drop_path: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
-    """Per-image factors of timm's DropPath in training (same draws as timm's drop_path), None where it is an identity."""
+    """Per-image factors of timm's DropPath in training (its draws), None where it is an identity."""
     drop_prob = getattr(drop_path, 'drop_prob', 0.0)
     if not drop_path.training or drop_prob == 0.0:
         return None

@@ -15,11 +15,6 @@ from torch import Tensor
 
 from . import reference
 
-# Optional tensors the backward ops do not produce are returned as empty tensors (custom ops
-# cannot return None); the autograd formulas turn them back into None.
-_NONE = (0,)
-
-
 def _on_triton(t: Tensor) -> bool:
     """Whether an op on `t` runs its Triton kernel (CUDA, or the CPU under Triton's interpreter)."""
     return t.is_cuda or (t.device.type == 'cpu' and os.environ.get('TRITON_INTERPRET') == '1')
@@ -27,7 +22,14 @@ def _on_triton(t: Tensor) -> bool:
 
 def memory_format(t: Tensor) -> torch.memory_format:
     """channels_last for channels-last maps and channel slices of them, else contiguous."""
-    return torch.channels_last if t.stride(1) == 1 and t.shape[1] > 1 else torch.contiguous_format
+    channels_last = t.dim() == 4 and t.stride(1) == 1 and t.shape[1] > 1
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _absent(t: Optional[Tensor], device: torch.device) -> Tensor:
+    """t, or for None an empty tensor: what a backward op returns for a gradient it does not produce (custom ops
+    cannot return None; the autograd formulas turn it back into None)."""
+    return torch.empty(0, device=device) if t is None else t
 
 
 def _empty(t: Tensor, channels: Optional[int] = None, dtype: Optional[torch.dtype] = None) -> Tensor:
@@ -57,12 +59,8 @@ def _vjp(fn, grad: Tensor, inputs: List[Optional[Tensor]], *args) -> List[Tensor
     _, pullback = torch.func.vjp(of_present, *[inputs[i] for i in present])
     grads = dict(zip(present, pullback(grad)))
     # A clone: pullbacks may return `grad` itself, and an op's outputs must not alias its inputs.
-    return [grads[i].clone(memory_format=_format_of(t)) if i in grads else torch.empty(_NONE, device=grad.device)
+    return [grads[i].clone(memory_format=memory_format(t)) if i in grads else _absent(None, grad.device)
             for i, t in enumerate(inputs)]
-
-
-def _format_of(t: Tensor) -> torch.memory_format:
-    return memory_format(t) if t.dim() == 4 else torch.contiguous_format
 
 
 # ---------------------------------------------------------------------------------------- linear attention
@@ -183,12 +181,12 @@ def residual_backward(grad: Tensor, y: Tensor, bias: Tensor, u: Optional[Tensor]
         def branch(y, bias, u, scale):
             return reference.residual(torch.zeros((), dtype=grad.dtype), y, bias, u, scale, sample_scale, scale_y)
         dy, dbias, du, dscale = _vjp(branch, grad, [y, bias, u, scale])
-        return [dy, du if _du_differs(u, scale, scale_y) else _or_empty(None, y), dbias, dscale]
+        return [dy, du if _du_differs(u, scale, scale_y) else _absent(None, y.device), dbias, dscale]
     from . import epilogue
     dy, du, dbias, dscale = epilogue.residual_backward(
         grad, y, bias, u, scale, sample_scale, scale_y, _empty(y),
         _empty(u) if _du_differs(u, scale, scale_y) else None)
-    return [dy, _or_empty(du, y), dbias, _or_empty(dscale, y)]
+    return [dy, _absent(du, y.device), dbias, _absent(dscale, y.device)]
 
 
 def _du_differs(u: Optional[Tensor], scale: Optional[Tensor], scale_y: bool) -> bool:
@@ -196,14 +194,11 @@ def _du_differs(u: Optional[Tensor], scale: Optional[Tensor], scale_y: bool) -> 
     return u is not None and scale is not None and not scale_y
 
 
-def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
-    return torch.empty(_NONE, device=like.device) if t is None else t
-
-
 @residual_backward.register_fake
 def _(grad, y, bias, u, scale, sample_scale, scale_y):
-    du = _empty(u) if _du_differs(u, scale, scale_y) else _or_empty(None, y)
-    return [_empty(y), du, torch.empty_like(bias), _or_empty(None, y) if scale is None else torch.empty_like(scale)]
+    du = _empty(u) if _du_differs(u, scale, scale_y) else _absent(None, y.device)
+    dscale = _absent(None, y.device) if scale is None else torch.empty_like(scale)
+    return [_empty(y), du, torch.empty_like(bias), dscale]
 
 
 def _residual_setup(ctx, inputs, output):
@@ -258,15 +253,15 @@ def token_mix_backward(grad: Tensor, x: Tensor, glob_mode: bool, w3: Tensor, w7:
     dx = depthwise.input_grad(grad, w3, w7, wv, wh, glob_mode, _empty(x))
     weight_grads = depthwise.weight_grads(grad, x, w3, w7, wv, wh, glob_mode)
     params = (w3, w3, w7, w7, wv, wv, wh, wh)
-    return [dx] + [_or_empty(t if t is None else t.to(p.dtype), x) for t, p in zip(weight_grads, params)]
+    return [dx] + [_absent(None if t is None else t.to(p.dtype), x.device) for t, p in zip(weight_grads, params)]
 
 
 @token_mix_backward.register_fake
 def _(grad, x, glob_mode, w3, w7, wv, wh):
     shapes = [w3, w3[:, 0, 0, 0], w7, w7[:, 0, 0, 0]] + [
         t if t is None or i % 2 == 0 else t[:, 0, 0, 0] for i, t in enumerate((wv, wv, wh, wh))]
-    return [_empty(x)] + [_or_empty(None, x) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
-                          for t in shapes]
+    return [_empty(x)] + [_absent(None if t is None else torch.empty_like(t, memory_format=torch.contiguous_format),
+                                  x.device) for t in shapes]
 
 
 def _token_mix_setup(ctx, inputs, output):
