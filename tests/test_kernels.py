@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -66,6 +67,17 @@ def test_auto_and_torch_run_pytorch_on_cpu_and_triton_runs_the_fused_ops(monkeyp
     model.set_kernels('torch')
     assert _ops_called(monkeypatch, model, x) == set()
     assert use_triton('auto', x) is False and use_triton('triton', x) is True
+
+
+def test_auto_leaves_cuda_to_pytorch_under_deterministic_algorithms():
+    """The kernels' channel gradients are summed with atomics, in an order that varies from run to run."""
+    cuda_tensor = SimpleNamespace(is_cuda=True)  # use_triton looks at the device only
+    assert use_triton('auto', cuda_tensor) is TRITON_INSTALLED
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert use_triton('auto', cuda_tensor) is False and use_triton('triton', cuda_tensor) is True
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def _outputs_and_grads(model, x, run=None):
