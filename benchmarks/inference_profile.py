@@ -11,7 +11,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
 
@@ -82,7 +81,7 @@ def main():
     with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(5):
             model(x)
-    print(f'\neager PyTorch (fused), torch.profiler, 5 runs:')
+    print('\neager PyTorch (fused), torch.profiler, 5 runs:')
     print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=12))
     return 0
 

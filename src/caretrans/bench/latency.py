@@ -51,14 +51,21 @@ def create_model(name: str, fused: bool, num_classes: int = 1000) -> nn.Module:
     return reparameterize(model) if fused else model
 
 
-def make_runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, onnx_path: Path) -> Callable[[], None]:
+def make_runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, onnx_path: Path,
+                compile: bool = False, cuda_graphs: bool = False) -> Callable[[], None]:
     """A no-argument callable running `model` once on `x` with `runtime` and `threads` threads
-    (ONNX-based runtimes read the model exported to `onnx_path`)."""
+    (ONNX-based runtimes read the model exported to `onnx_path`; 'eager' may be torch.compile'd and
+    replayed from CUDA graphs: caretrans.bench.gpu)."""
+    if runtime == 'eager' and (compile or cuda_graphs):
+        from .gpu import inference_runner
+        return inference_runner(model, x, compile, cuda_graphs)
     if runtime == 'eager':
         def run():
             with torch.inference_mode():
                 model(x)
         return run
+    if x.device.type != 'cpu':
+        raise ValueError(f'the {runtime} runtime runs on the CPU; on {x.device.type} use --runtimes eager')
     from ..export.convert import export_onnx, onnx_session
 
     with torch.no_grad():
@@ -81,9 +88,10 @@ def make_runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, o
 
 
 def time_interleaved(runners: Dict[int, Callable[[], None]], rounds: int, iters: int = 1,
-                     warmup: int = 3, seed: int = 0) -> Dict[int, List[float]]:
+                     warmup: int = 3, seed: int = 0, sync: Callable[[], None] = lambda: None) -> Dict[int, List[float]]:
     """Milliseconds per call of each runner, per round. Every round runs every runner (`iters`
-    calls, averaged) in a fresh random order, so machine noise hits all of them alike."""
+    calls, averaged) in a fresh random order, so machine noise hits all of them alike. `sync` waits
+    for queued device work (torch.cuda.synchronize on a GPU) before each clock reading."""
     for run in runners.values():
         for _ in range(warmup):
             run()
@@ -92,9 +100,11 @@ def time_interleaved(runners: Dict[int, Callable[[], None]], rounds: int, iters:
     for _ in range(rounds):
         rng.shuffle(order)
         for key in order:
+            sync()
             start = time.perf_counter()
             for _ in range(iters):
                 runners[key]()
+            sync()
             times[key].append((time.perf_counter() - start) / iters * 1e3)
     return times
 
@@ -116,12 +126,17 @@ def summarise(entries: Sequence[Entry]) -> List[dict]:
 
 
 def benchmark(models: Sequence[str], runtimes: Sequence[str], batch_size: int = 1, img_size: int = 224,
-              threads: int = 2, rounds: int = 20, iters: int = 1, num_classes: int = 1000) -> List[dict]:
-    """Latency rows for every model (CARE: un-fused and fused; peers: re-parameterised) on every runtime."""
+              threads: int = 2, rounds: int = 20, iters: int = 1, num_classes: int = 1000, device: str = 'cpu',
+              dtype: str = 'float32', channels_last: bool = False, compile: bool = False,
+              cuda_graphs: bool = False) -> List[dict]:
+    """Latency rows for every model (CARE: un-fused and fused; peers: re-parameterised) on every runtime
+    (the PyTorch one on `device` in `dtype`, optionally channels-last, compiled, from CUDA graphs)."""
+    from .gpu import DTYPES, example_input, prepare, sync
     from .profile import count_macs, count_params
 
     torch.set_num_threads(threads)
-    x = torch.randn(batch_size, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    device = torch.device(device)
+    x = example_input(batch_size, img_size, device, DTYPES[dtype], channels_last)
     entries, runners, stats = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -132,14 +147,18 @@ def benchmark(models: Sequence[str], runtimes: Sequence[str], batch_size: int = 
                 if name not in stats:  # CARE's figures as published: the un-fused model
                     stats[name] = dict(params_m=count_params(model) / 1e6,
                                        gmacs=count_macs(model, img_size) / 1e9, top1=PAPER_TOP1.get(name))
+                if device.type != 'cpu' or dtype != 'float32' or channels_last:
+                    model = prepare(model, device, DTYPES[dtype], channels_last)
                 for runtime in runtimes:
-                    runners[len(entries)] = make_runner(model, runtime, x, threads, Path(tmp) / f'{len(entries)}.onnx')
+                    runners[len(entries)] = make_runner(model, runtime, x, threads, Path(tmp) / f'{len(entries)}.onnx',
+                                                        compile, cuda_graphs)
                     entries.append(Entry(name, variant, runtime))
-        for key, times in time_interleaved(runners, rounds, iters).items():
+        for key, times in time_interleaved(runners, rounds, iters, sync=sync(device)).items():
             entries[key].times_ms = times
     rows = summarise(entries)
     for row in rows:
-        row.update(stats[row['model']], batch_size=batch_size, img_size=img_size, threads=threads)
+        row.update(stats[row['model']], batch_size=batch_size, img_size=img_size, threads=threads, device=device.type,
+                   dtype=dtype, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs)
     return rows
 
 

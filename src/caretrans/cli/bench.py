@@ -15,6 +15,13 @@ def add_parser(subparsers):
     p.add_argument('--threads', type=int, default=os.cpu_count(), help='intra-op threads (default: all cores)')
     p.add_argument('--rounds', type=int, default=20, help='interleaved rounds; each times every entry once')
     p.add_argument('--iters', type=int, default=1, help='calls per entry per round (averaged)')
+    p.add_argument('--device', default='cpu', help="where the PyTorch runtime ('eager') runs: cpu, cuda, cuda:N")
+    p.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'],
+                   help='PyTorch runtime: weights and input in this dtype')
+    p.add_argument('--channels-last', action='store_true', help='PyTorch runtime: channels-last weights and input')
+    p.add_argument('--compile', action='store_true', help='PyTorch runtime: torch.compile each model first')
+    p.add_argument('--cuda-graphs', action='store_true',
+                   help="PyTorch runtime on CUDA: replay CUDA graphs (with --compile: mode='reduce-overhead')")
     p.add_argument('--throughput', action='store_true',
                    help='also images/s of the fused CARE models at --throughput-batch (CUDA when present)')
     p.add_argument('--throughput-batch', type=int, default=64)
@@ -29,6 +36,19 @@ def _check(args):
     if args.img_size < 32:
         raise ValueError(f'--img-size {args.img_size} is too small: CARE needs at least 32 pixels')
     check_at_least(args, batch_size=1, threads=1, rounds=1, iters=1, throughput_batch=1)
+    cuda = args.device.startswith('cuda')
+    if args.cuda_graphs and not cuda:
+        raise ValueError('--cuda-graphs needs --device cuda')
+    if (args.device != 'cpu' or args.dtype != 'float32') and set(args.runtimes) != {'eager'}:
+        raise ValueError(f'--device {args.device} --dtype {args.dtype} apply to the PyTorch runtime only: '
+                         'add --runtimes eager')
+    if cuda and not _cuda_available():
+        raise ValueError(f'--device {args.device}: this machine has no CUDA device')
+
+
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 def run(args):
@@ -38,7 +58,8 @@ def run(args):
     check_model_names(args.models)
     _check(args)
     rows = benchmark(args.models, args.runtimes, args.batch_size, args.img_size, args.threads, args.rounds,
-                     args.iters)
+                     args.iters, device=args.device, dtype=args.dtype, channels_last=args.channels_last,
+                     compile=args.compile, cuda_graphs=args.cuda_graphs)
     result = dict(rows=rows)
     if args.throughput:
         result['throughput'] = [throughput(m, args.throughput_batch, args.img_size)
@@ -49,8 +70,11 @@ def run(args):
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f'batch {args.batch_size}, {args.img_size}x{args.img_size}, {args.threads} thread(s), '
-          f'{args.rounds} interleaved rounds; ratio = median over rounds of latency / fused care_s0 latency')
+    torch_setting = ', '.join([args.device, args.dtype] + [flag for flag, on in (
+        ('channels-last', args.channels_last), ('compiled', args.compile), ('CUDA graphs', args.cuda_graphs)) if on])
+    print(f'batch {args.batch_size}, {args.img_size}x{args.img_size}, {args.threads} thread(s), PyTorch runtime: '
+          f'{torch_setting}; {args.rounds} interleaved rounds; ratio = median over rounds of latency / fused '
+          f'care_s0 latency')
     print(f'{"model":<22} {"variant":<8} {"runtime":<12} {"median ms":>10} {"p25-p75 ms":>15} '
           f'{"x care_s0":>9} {"params M":>9} {"GMACs":>6} {"top-1":>6}')
     for r in rows:

@@ -21,6 +21,7 @@ def add_parser(subparsers):
     p.add_argument('--device', help='default: cuda if available, else cpu')
     p.add_argument('--amp', action='store_true', help='bfloat16 autocast')
     p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--compile', action='store_true', help='torch.compile the model first')
     p.add_argument('--json', action='store_true', help='print JSON')
     p.set_defaults(func=run)
 
@@ -93,6 +94,8 @@ def run(args):
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model = torch.compile(model)
     dataset.transform = build_transform(False, img_size, info['mean'], info['std'], crop_pct=crop_pct,
                                         interpolation=args.interpolation)
     autocast = (functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)

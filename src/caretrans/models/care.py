@@ -25,6 +25,8 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
+from .. import kernels as _kernels
+from ..kernels import fused as _fused
 from ..limits import MIN_INPUT_SIZE
 from .checkpoint import CheckpointError, match_state_dict
 
@@ -47,6 +49,13 @@ def _is_exporting() -> bool:
         or torch.compiler.is_compiling()
         or torch.compiler.is_exporting()
     )
+
+
+def _use_kernels(mode: str, x: torch.Tensor) -> bool:
+    """Whether a module runs its fused Triton ops (caretrans.kernels, model option kernels=); never in TorchScript."""
+    if torch.jit.is_scripting():
+        return False
+    return _kernels.use_triton(mode, x)
 
 
 def _channels_innermost(x: torch.Tensor) -> bool:
@@ -223,10 +232,15 @@ class LinearAttention(nn.Module):
         self.kernel = kernel
         self.qk = PointwiseConv(dim, 2 * dim)
 
+    kernels = 'auto'  # set by CareTransformer.set_kernels
+    _fused_forward = torch.jit.unused(_fused.linear_attention)
+
     def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return F.elu(x) + 1.0 if self.kernel == 'elu' else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_kernels(self.kernels, x):
+            return self._fused_forward(x)
         B, C, H, W = x.shape
         N = H * W
         q, k = self.qk(x).chunk(2, dim=1)
@@ -254,8 +268,17 @@ class TokenMixer(nn.Module):
         self.local3 = DepthwiseConv(widths[1], 3) if widths[1] else None
         self.local7 = DepthwiseConv(widths[2], 7) if widths[2] else None
         self.widths = [w for w in widths if w]
+        # The fused op takes the released layout only: three equal groups with both local convs.
+        self.fusable = global_mixer is not None and len(self.widths) == 3 and len(set(self.widths)) == 1
+        if not self.fusable:
+            self.kernels = 'torch'
+
+    kernels = 'auto'  # set by CareTransformer.set_kernels
+    _fused_forward = torch.jit.unused(_fused.token_mixer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_kernels(self.kernels, x):
+            return self._fused_forward(x)
         parts = x.split(self.widths, dim=1)
         out: List[torch.Tensor] = []
         if self.global_mixer is not None:
@@ -298,7 +321,12 @@ class Interaction(nn.Module):
         self.fc2 = PointwiseConv(hidden, dim) if project else nn.Identity()
         self.out_chans = dim if project else hidden
 
+    kernels = 'auto'  # set by CareTransformer.set_kernels
+    _fused_forward = torch.jit.unused(_fused.interaction)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_kernels(self.kernels, x):
+            return self._fused_forward(x)
         x = self.drop(self.dwconv(self.act(self.fc1(self.norm(x)))))
         return self.fc2(x)
 
@@ -411,6 +439,10 @@ class CareBlock(nn.Module):
         self.inter1 = Interaction(dim, expansion[0], drop) if inter1 else None
         self.inter2 = Interaction(dim + mem_dim, expansion[1], drop, project=not last) if inter2 else None
         self.out_chans = self.inter2.out_chans if self.inter2 is not None else dim + mem_dim
+        # The fused block takes the released structure only (both units, a memory, a decoupled mixer).
+        self.fusable = inter1 and inter2 and mem_dim > 0 and getattr(self.token_mixer, 'fusable', False)
+        if not self.fusable:
+            self.kernels = 'torch'
         if last:
             self.layer_scale = None
             self.drop_path = nn.Identity()
@@ -418,7 +450,12 @@ class CareBlock(nn.Module):
             self.layer_scale = nn.Parameter(torch.full((dim + mem_dim,), layer_scale_init_value))
             self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
+    kernels = 'auto'  # set by CareTransformer.set_kernels
+    _fused_forward = torch.jit.unused(_fused.care_block)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_kernels(self.kernels, x):
+            return self._fused_forward(x)
         memory, features = x[:, :self.mem_dim], x[:, self.mem_dim:]
         features = self.token_mixer(features)
         if self.inter1 is not None:
@@ -580,6 +617,7 @@ class CareTransformer(nn.Module):
             memory: bool = True,
             early: str = 'conv',
             local: str = 'multiscale',
+            kernels: str = 'auto',
     ):
         super().__init__()
         check_structure(dims, decoupling, inter1, inter2, memory, early, local)
@@ -627,6 +665,7 @@ class CareTransformer(nn.Module):
         self.head_dist = CareHead(prev, num_classes, global_pool, drop_rate) if distillation else None
         self.head_hidden_size = self.head.num_features
         self.apply(self._init_weights)
+        self.set_kernels(kernels)
 
     @staticmethod
     def _init_weights(m: nn.Module):
@@ -654,6 +693,15 @@ class CareTransformer(nn.Module):
         self.grad_checkpointing = enable
         for s in self.stages:
             s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_kernels(self, mode: str = 'auto'):
+        """Fused Triton kernels: 'auto' runs them on CUDA, 'triton' wherever the ops run, 'torch' never
+        (caretrans.kernels; the PyTorch path is the reference and the default on the CPU)."""
+        self.kernels = _kernels.check_mode(mode)
+        for m in self.modules():
+            if hasattr(type(m), '_fused_forward'):
+                m.kernels = mode if getattr(m, 'fusable', True) else 'torch'  # ablation layouts: PyTorch
 
     @torch.jit.ignore
     def set_distilled_training(self, enable: bool = True):

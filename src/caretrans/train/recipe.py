@@ -153,6 +153,7 @@ class Recipe(RecipeFields):
     amp_dtype: str = field(default='bfloat16', metadata=dict(
         help="'bfloat16' or 'float16' (CUDA only)", choices=('bfloat16', 'float16')))
     channels_last: bool = False
+    compile: bool = field(default=False, metadata=dict(help='torch.compile the model for training and evaluation'))
     sync_bn: bool = field(default=False, metadata=dict(help='synchronised BatchNorm across GPUs (CUDA only)'))
     seed: int = field(default=0, metadata=dict(min=0))
     deterministic: bool = field(default=False, metadata=dict(help='deterministic kernels (slower)'))

@@ -34,7 +34,7 @@ _logger = logging.getLogger(__name__)
 
 # Recipe fields a resumed run may change: they do not alter what is computed. `epochs` may also
 # grow: the run trains on with its schedule recomputed for the new length.
-RESUMABLE_FIELDS = ('workers',)
+RESUMABLE_FIELDS = ('workers', 'compile')
 
 
 @dataclass
@@ -121,6 +121,9 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
         if extended:
             scheduler.step_update(num_updates=global_step)
     ddp_model = _distribute(model, recipe, ctx)
+    eval_model = model
+    if recipe.compile:  # one compiled graph for training (through DDP), one for evaluation; same parameters
+        ddp_model, eval_model = torch.compile(ddp_model), torch.compile(model)
 
     metrics_log = MetricsLogger(run_dir, enabled=ctx.is_primary)
     writer = _tensorboard(run_dir) if tensorboard and ctx.is_primary else None
@@ -171,7 +174,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
                                    model, img_size, in_chans, info['classes'])
 
             _sync_buffers(model, ctx)
-            last_eval = evaluate(model, val_loader, ctx, autocast, recipe.channels_last,
+            last_eval = evaluate(eval_model, val_loader, ctx, autocast, recipe.channels_last,
                                  num_classes=num_classes if num_classes <= 50 else None)
             record = dict(epoch=epoch, train_loss=result.loss, lr=optimizer.param_groups[0]['lr'],
                           val_loss=last_eval['loss'], val_top1=last_eval['top1'], val_top5=last_eval['top5'],
