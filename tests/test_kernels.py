@@ -211,3 +211,17 @@ def test_kernels_compile_for_hopper(monkeypatch):
     assert compiled == {'_forward_kernel', '_backward_kernel', '_bias_gelu_forward_kernel',
                         '_bias_gelu_backward_kernel', '_residual_forward_kernel', '_residual_backward_kernel',
                         '_mix_kernel', '_weight_grad_kernel'}
+
+
+@pytest.mark.parametrize('name', ['care_s2_sym', 'care_s0_no_inter1', 'care_s0_no_memory', 'care_s0_single_local'])
+def test_ablation_layouts_keep_the_pytorch_path_under_triton(name):
+    """The fused ops implement the released block layout only: other layouts must not enter them."""
+    torch.manual_seed(0)
+    ref = timm.create_model(name, kernels='torch').eval()
+    fused = timm.create_model(name, kernels='triton').eval()
+    fused.load_state_dict(ref.state_dict())
+    blocks = [b for s in fused.stages for b in s.blocks]
+    assert all(b.kernels == 'torch' for b in blocks)  # no ablation block is fused whole
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), ref(x), rtol=1e-5, atol=1e-5)
