@@ -29,3 +29,12 @@ def released_checkpoint(tmp_path_factory):
         return path
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread even in a serial run: on shared cores a second thread costs more than it gives."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

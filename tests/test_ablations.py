@@ -16,7 +16,9 @@ from caretrans.models.care import ABLATIONS, LinearAttention, StackedMixer, defa
 from caretrans.train.recipe import Recipe
 from caretrans.train.trainer import train
 from test_reparam import _max_diff, _randomised
-from test_train import TINY, one_thread  # noqa: F401  (autouse: one torch thread per test, as there)
+from test_train import TINY
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 # One model per option value, shallow (one or two blocks a stage) so that each test takes seconds.
 SHALLOW = dict(depths=(1, 1, 1, 2))

@@ -33,12 +33,7 @@ def compiled(monkeypatch):
     torch._dynamo.reset()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def test_train_compile_compiles_training_and_evaluation(tmp_path, compiled, capsys):

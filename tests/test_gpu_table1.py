@@ -3,7 +3,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
 
 SCRIPT = Path(__file__).parent.parent / 'benchmarks' / 'gpu_table1.py'
 
@@ -25,14 +24,6 @@ def test_arguments(gpu_table1, capsys):
     with pytest.raises(SystemExit):
         gpu_table1.parse_args(['--columns', 'b64 fp64'])
     assert 'unknown column(s): b64 fp64' in capsys.readouterr().err
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_dry_run_fills_every_column(gpu_table1, tmp_path, capsys, one_thread):

@@ -18,13 +18,7 @@ from caretrans.train.recipe import Recipe, load_recipe
 from caretrans.train.trainer import train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread even in a serial run: on shared cores a second thread costs more than it gives."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 # A few seconds of training: 128 synthetic 32x32 images, 8 steps of 16 per epoch, no augmentation.
 TINY = dict(data='synthetic', img_size=32, batch_size=16, workers=0, epochs=3, warmup_epochs=0, lr=2e-3,
