@@ -1,16 +1,17 @@
 """Safe checkpoint reading, validation against a model, and atomic writing."""
+import contextlib
 import os
 import pickle
 import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, Union
+from typing import Any, Dict, Iterable, Iterator, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ['CheckpointError', 'read_checkpoint', 'match_state_dict', 'load_checkpoint', 'save_atomic']
+__all__ = ['CheckpointError', 'read_checkpoint', 'match_state_dict', 'load_checkpoint', 'save_atomic', 'atomic_file']
 
 PathLike = Union[str, os.PathLike]
 
@@ -108,8 +109,9 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True) -> nn
     return model
 
 
-def save_atomic(obj: Any, path: PathLike) -> Path:
-    """Write with torch.save (or safetensors for a '.safetensors' path) through a temp file and rename.
+@contextlib.contextmanager
+def atomic_file(path: PathLike) -> Iterator[str]:
+    """A temp file beside `path` to write; renamed over `path` when the block ends normally, removed if it raises.
 
     A reader never sees a half-written file: the rename is atomic on POSIX file systems.
     """
@@ -118,11 +120,7 @@ def save_atomic(obj: Any, path: PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     os.close(fd)
     try:
-        if path.suffix == '.safetensors':
-            from safetensors.torch import save_file
-            save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
-        else:
-            torch.save(obj, tmp)
+        yield tmp
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -130,4 +128,15 @@ def save_atomic(obj: Any, path: PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_atomic(obj: Any, path: PathLike) -> Path:
+    """Write with torch.save (or safetensors for a '.safetensors' path) through a temp file and rename."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        if path.suffix == '.safetensors':
+            from safetensors.torch import save_file
+            save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
+        else:
+            torch.save(obj, tmp)
     return path
