@@ -178,3 +178,12 @@ def test_care_s0_lowers_into_one_xnnpack_delegate(released_checkpoint, tmp_path)
     assert report['segments'] == 1 and report['portable'] == {}
     assert report['delegated']['bmm'] == 3 * 12 and report['delegated']['elu'] == 2 * 12  # 12 attention blocks
     assert report['max_abs_diff']['1'] < 1e-4
+
+
+def test_bench_executorch_entry_is_checked_and_timed():
+    from caretrans.bench.latency import benchmark
+
+    rows = benchmark(['mobileone_s0'], ['eager', 'executorch'], img_size=32, threads=1, rounds=2)
+    eager, executorch = rows
+    assert executorch['runtime'] == 'executorch' and executorch['outputs_match']
+    assert executorch['output_error'] < 1e-4 and executorch['rounds'] == 2 and executorch['median_ms'] > 0

@@ -24,8 +24,12 @@ PAPER_TOP1 = {
     'fastvit_t8': 76.7, 'fastvit_t12': 80.3, 'fastvit_s12': 80.9, 'fastvit_sa12': 81.9,
     'deit_tiny_patch16_224': 72.2, 'pvt_v2_b0': 70.5,
 }
-RUNTIMES = ('eager', 'onnxruntime', 'openvino')
+RUNTIMES = ('eager', 'onnxruntime', 'openvino', 'executorch')
+DEFAULT_RUNTIMES = RUNTIMES[:3]  # ExecuTorch is an optional extra and lowers each model for tens of seconds
 REFERENCE = ('care_s0', 'fused')
+# Before timing, each entry's logits must match eager's to this fraction of the largest eager logit
+# (relative to the scale: untrained peers reach logits of 1e14, where float rounding alone is 1e7).
+OUTPUT_RTOL = 1e-4
 
 
 @dataclass
@@ -35,6 +39,11 @@ class Entry:
     variant: str  # 'fused' (re-parameterised), 'unfused' (CARE as trained), 'reparam' (a timm peer)
     runtime: str
     times_ms: List[float] = field(default_factory=list)
+    output_error: float = 0.0  # max |logits - eager logits| / max |eager logits|
+
+    @property
+    def valid(self) -> bool:
+        return self.output_error <= OUTPUT_RTOL
 
 
 def create_model(name: str, fused: bool, num_classes: int = 1000) -> nn.Module:
@@ -45,14 +54,21 @@ def create_model(name: str, fused: bool, num_classes: int = 1000) -> nn.Module:
     return reparameterize(model) if fused else model
 
 
-def make_runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, onnx_path: Path) -> Callable[[], None]:
-    """A no-argument callable running `model` once on `x` with `runtime` and `threads` threads
-    (ONNX-based runtimes read the model exported to `onnx_path`)."""
+def make_runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, onnx_path: Path) -> Callable[[], object]:
+    """A no-argument callable running `model` once on `x` with `runtime` and `threads` threads and
+    returning its logits (ONNX-based runtimes read the model exported to `onnx_path`; ExecuTorch runs it
+    lowered to XNNPACK, on its thread pool, which `benchmark` sizes)."""
     if runtime == 'eager':
         def run():
             with torch.inference_mode():
-                model(x)
+                return model(x)
         return run
+    if runtime == 'executorch':
+        from ..export.mobile import LoadedProgram, program_buffer, require_executorch
+
+        require_executorch()
+        program = LoadedProgram(program_buffer(model, x))
+        return lambda: program(x)
     from ..export.convert import export_onnx, onnx_session
 
     with torch.no_grad():
@@ -61,20 +77,28 @@ def make_runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, o
     if runtime == 'onnxruntime':
         session = onnx_session(onnx_path, threads)
         name = session.get_inputs()[0].name
-        return lambda: session.run(None, {name: feed})
+        return lambda: session.run(None, {name: feed})[0]
     if runtime == 'openvino':
         try:
             import openvino as ov
         except ImportError as e:
             raise ValueError('the openvino runtime needs the openvino package: pip install caretrans[openvino]') from e
+        # float32 as the other runtimes: on CPUs with bf16 units OpenVINO would otherwise compute in bfloat16.
         compiled = ov.Core().compile_model(str(onnx_path), 'CPU', {'INFERENCE_NUM_THREADS': threads,
-                                                              'PERFORMANCE_HINT': 'LATENCY'})
+                                                              'PERFORMANCE_HINT': 'LATENCY',
+                                                              'INFERENCE_PRECISION_HINT': 'f32'})
         request = compiled.create_infer_request()
-        return lambda: request.infer({0: feed})
+        return lambda: request.infer({0: feed})[0]
     raise ValueError(f'unknown runtime {runtime!r}; choose from {", ".join(RUNTIMES)}')
 
 
-def time_interleaved(runners: Dict[int, Callable[[], None]], rounds: int, iters: int = 1,
+def output_error(logits, expected: torch.Tensor) -> float:
+    """max |logits - expected| / max |expected|: how far a runtime's output is from eager's."""
+    diff = np.abs(np.asarray(logits, dtype=np.float64) - expected.numpy()).max()
+    return float(diff / max(float(expected.abs().max()), np.finfo(np.float32).tiny))
+
+
+def time_interleaved(runners: Dict[int, Callable[[], object]], rounds: int, iters: int = 1,
                      warmup: int = 3, seed: int = 0) -> Dict[int, List[float]]:
     """Milliseconds per call of each runner, per round. Every round runs every runner (`iters`
     calls, averaged) in a fresh random order, so machine noise hits all of them alike."""
@@ -95,26 +119,36 @@ def time_interleaved(runners: Dict[int, Callable[[], None]], rounds: int, iters:
 
 def summarise(entries: Sequence[Entry]) -> List[dict]:
     """Median and spread (25th-75th percentile) per entry, and the median over rounds of its time
-    divided by the reference's (fused CARE-S0 on the same runtime) in the same round."""
-    refs = {e.runtime: np.array(e.times_ms) for e in entries if (e.model, e.variant) == REFERENCE}
+    divided by the reference's (fused CARE-S0 on the same runtime) in the same round. An entry whose
+    outputs did not match eager's was not timed: its times are None."""
+    refs = {e.runtime: np.array(e.times_ms) for e in entries if (e.model, e.variant) == REFERENCE and e.valid}
     rows = []
     for e in entries:
-        t = np.array(e.times_ms)
-        ref = refs.get(e.runtime)
-        rows.append(dict(
-            model=e.model, variant=e.variant, runtime=e.runtime, median_ms=float(np.median(t)),
-            p25_ms=float(np.percentile(t, 25)), p75_ms=float(np.percentile(t, 75)), rounds=len(t),
-            ratio_to_care_s0=None if ref is None else float(np.median(t / ref)),
-        ))
+        row = dict(model=e.model, variant=e.variant, runtime=e.runtime, outputs_match=e.valid,
+                   output_error=e.output_error, median_ms=None, p25_ms=None, p75_ms=None, rounds=len(e.times_ms),
+                   ratio_to_care_s0=None)
+        if e.valid and e.times_ms:
+            t, ref = np.array(e.times_ms), refs.get(e.runtime)
+            row.update(median_ms=float(np.median(t)), p25_ms=float(np.percentile(t, 25)),
+                       p75_ms=float(np.percentile(t, 75)),
+                       ratio_to_care_s0=None if ref is None else float(np.median(t / ref)))
+        rows.append(row)
     return rows
 
 
 def benchmark(models: Sequence[str], runtimes: Sequence[str], batch_size: int = 1, img_size: int = 224,
               threads: int = 2, rounds: int = 20, iters: int = 1, num_classes: int = 1000) -> List[dict]:
-    """Latency rows for every model (CARE: un-fused and fused; peers: re-parameterised) on every runtime."""
+    """Latency rows for every model (CARE: un-fused and fused; peers: re-parameterised) on every
+    runtime. Each entry's logits are checked against eager's first; one that differs is reported
+    (`outputs_match` False, with its `output_error`) and not timed."""
     from .profile import count_macs, count_params
 
     torch.set_num_threads(threads)
+    if 'executorch' in runtimes:
+        from ..export.mobile import require_executorch, set_threads
+
+        require_executorch()
+        set_threads(threads)
     x = torch.randn(batch_size, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     entries, runners, stats = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -126,9 +160,14 @@ def benchmark(models: Sequence[str], runtimes: Sequence[str], batch_size: int = 
                 if name not in stats:  # CARE's figures as published: the un-fused model
                     stats[name] = dict(params_m=count_params(model) / 1e6,
                                        gmacs=count_macs(model, img_size) / 1e9, top1=PAPER_TOP1.get(name))
+                with torch.inference_mode():
+                    expected = model(x)
                 for runtime in runtimes:
-                    runners[len(entries)] = make_runner(model, runtime, x, threads, Path(tmp) / f'{len(entries)}.onnx')
-                    entries.append(Entry(name, variant, runtime))
+                    run = make_runner(model, runtime, x, threads, Path(tmp) / f'{len(entries)}.onnx')
+                    entry = Entry(name, variant, runtime, output_error=output_error(run(), expected))
+                    if entry.valid:
+                        runners[len(entries)] = run
+                    entries.append(entry)
         for key, times in time_interleaved(runners, rounds, iters).items():
             entries[key].times_ms = times
     rows = summarise(entries)
@@ -164,7 +203,7 @@ def plot(rows: Sequence[dict], path, runtime: str):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r['runtime'] == runtime and r['variant'] != 'unfused']
+    rows = [r for r in rows if r['runtime'] == runtime and r['variant'] != 'unfused' and r['median_ms'] is not None]
     if not rows:
         raise ValueError(f'no {runtime} rows to plot')
     by_accuracy = any(r['top1'] is not None for r in rows)
