@@ -158,7 +158,8 @@ def delegated_modules(edge) -> list:
 
 def delegation_report(edge) -> Dict[str, object]:
     """How the program runs: the number of delegate segments, the operators inside them, and the
-    operators left outside, which ExecuTorch runs with its portable (reference) kernels."""
+    operators left outside, which ExecuTorch runs with its portable (reference) kernels. Call it
+    before `to_executorch()`, which turns the graph into out-variants and memory allocations."""
     from executorch.exir.delegate import executorch_call_delegate
 
     lowered = delegated_modules(edge)
@@ -256,10 +257,11 @@ def export_executorch(model: nn.Module, output, backend: str = 'xnnpack', img_si
             reference = quantize_int8(program, calibration)
             program = torch.export.export(reference, (x,))
         edge = lower(program, backend, fp16)
+        delegation = delegation_report(edge)  # before to_executorch, which rewrites the graph into out-variants
         buffer = edge.to_executorch().buffer
     report = dict(format='executorch', backend=backend, output=str(output), img_size=img_size,
                   precision='int8' if calibration is not None else 'fp16' if fp16 else 'fp32',
-                  lowering_s=round(time.perf_counter() - start, 1), **delegation_report(edge))
+                  lowering_s=round(time.perf_counter() - start, 1), **delegation)
     if backend == 'xnnpack':
         inputs = _inputs([1], in_chans, img_size)
         report.update(check_xnnpack(model, reference, buffer, inputs, quantized=calibration is not None))
