@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from caretrans.bench import latency
 from caretrans.bench.latency import Entry, summarise, time_interleaved
 from caretrans.cli import main as cli_main
 
@@ -16,6 +17,25 @@ def test_ratios_are_taken_round_by_round():
     rows = summarise(entries)
     assert [r['ratio_to_care_s0'] for r in rows] == [1.0, 0.5, 2.0, None]  # no eager reference
     assert rows[0]['median_ms'] == 1.0 and rows[0]['p75_ms'] == 5.5
+
+
+def test_wrong_outputs_are_reported_not_timed(monkeypatch):
+    # A runtime whose logits differ from eager's (here: by 1% of their scale) is marked, and never timed.
+    calls = []
+    make_runner = latency.make_runner
+
+    def runner(model, runtime, x, threads, onnx_path, *options):
+        run = make_runner(model, 'eager', x, threads, onnx_path, *options)
+        if runtime == 'eager':
+            return run
+        return lambda: calls.append(runtime) or run() * 1.01
+
+    monkeypatch.setattr(latency, 'make_runner', runner)
+    rows = latency.benchmark(['mobileone_s0'], ['eager', 'onnxruntime'], img_size=32, threads=1, rounds=2)
+    assert [r['outputs_match'] for r in rows] == [True, False]
+    assert rows[1]['output_error'] == pytest.approx(0.01, rel=1e-3)
+    assert rows[1]['median_ms'] is None and rows[1]['rounds'] == 0 and calls == ['onnxruntime']  # the check only
+    assert rows[0]['median_ms'] > 0 and rows[0]['rounds'] == 2
 
 
 def test_time_interleaved_runs_every_entry_every_round():
@@ -39,6 +59,7 @@ def test_bench_cli_tiny(tmp_path, capsys):
         ('care_s0', 'unfused'), ('care_s0', 'fused'), ('mobileone_s0', 'reparam')]
     assert [r['runtime'] for r in rows[:3]] == ['eager', 'onnxruntime', 'openvino']
     for r in rows:
+        assert r['outputs_match'] and r['output_error'] < 1e-4  # OpenVINO too: float32, not bfloat16
         assert r['rounds'] == 2 and r['p25_ms'] <= r['median_ms'] <= r['p75_ms']
         assert r['batch_size'] == 1 and r['img_size'] == 64 and r['threads'] == 1
     fused = [r for r in rows if r['variant'] == 'fused']

@@ -51,11 +51,39 @@ def test_coreml_package_is_validated(fused, tmp_path):
     assert report['numerically_checked'] == (platform.system() == 'Darwin')
 
 
+def test_coreml_fp16_image_input_is_checked(fused, tmp_path):
+    pytest.importorskip('coremltools')
+    import coremltools as ct
+    from torchvision.transforms import Normalize
+
+    from caretrans.export.convert import ImageInput, check_coreml_spec
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    report = export_model(fused, 'coreml', tmp_path / 'm.mlpackage', img_size=64, fp16=True, image=(mean, std))
+    program = report['coreml_program']
+    assert program['input'] == 'image' and program['input_shape'] == [1, 3, 64, 64]
+    assert program['precision'] == 'float16'
+    spec = ct.models.MLModel(str(tmp_path / 'm.mlpackage'), skip_model_load=True).get_spec()
+    assert spec.description.input[0].type.imageType.colorSpace == spec.description.input[0].type.imageType.RGB
+    # The preprocessing inside the program is the training transform's normalisation.
+    pixels = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ImageInput(fused, mean, std)(pixels), fused(Normalize(mean, std)(pixels)))
+    with pytest.raises(ExportCheckError, match='do not compute in float32'):
+        check_coreml_spec(fused, spec, torch.zeros(1, 3, 64, 64), fp16=False)
+    gray = caretrans.reparameterize(timm.create_model('care_s0', depths=(1, 1, 1, 1), num_classes=10, in_chans=1))
+    report = export_model(gray, 'coreml', tmp_path / 'g.mlpackage', img_size=32, image=((0.29,), (0.35,)))
+    assert report['coreml_program']['input_shape'] == [1, 1, 32, 32]
+    assert report['coreml_program']['precision'] == 'float32'
+
+
 def test_bad_format_and_options(fused, tmp_path):
     with pytest.raises(ValueError, match='unknown export format'):
         export_model(fused, 'tflite', tmp_path / 'm')
     with pytest.raises(ValueError, match='ONNX only'):
         export_model(fused, 'torchscript', tmp_path / 'm.pt', dynamic_batch=True)
+    with pytest.raises(ValueError, match='Core ML options'):
+        export_model(fused, 'onnx', tmp_path / 'm.onnx', fp16=True)
 
 
 def test_export_cli_with_a_checkpoint(tmp_path, capsys):
@@ -73,7 +101,7 @@ def test_export_cli_with_a_checkpoint(tmp_path, capsys):
     np.testing.assert_allclose(onnx_session(out, threads=1).run(None, {'image': x})[0], expected, atol=1e-4)
     assert cli_main(['export', '--format', 'torchscript', '--output', str(tmp_path / 'm.pt'),
                      '--int8', 'synthetic']) == 2
-    assert '--int8 quantises the ONNX export' in capsys.readouterr().err
+    assert '--int8 quantises the ONNX or ExecuTorch export' in capsys.readouterr().err
 
 
 def test_export_of_non_finite_weights_fails_and_leaves_nothing(tmp_path, capsys):

@@ -27,6 +27,11 @@ PAPER_TOP1 = {
     'care_s2_single_local': 81.8,
 }
 REFERENCE = ('care_s0', 'fused')
+# Before timing, each entry's logits must match eager's to this fraction of the largest eager logit
+# (relative to the scale: untrained peers reach logits of 1e14, where float rounding alone is 1e7).
+# Largest output error (relative to the largest eager logit) of an entry that is timed, by the
+# PyTorch runtime's dtype: half precision (and torch.compile in it) rounds differently.
+OUTPUT_RTOL = {'float32': 1e-4, 'float16': 1e-2, 'bfloat16': 5e-2}
 
 
 def is_care_model(name: str) -> bool:
@@ -41,6 +46,12 @@ class Entry:
     variant: str  # 'fused' (re-parameterised), 'unfused' (CARE as trained), 'reparam' (a timm peer)
     runtime: str
     times_ms: List[float] = field(default_factory=list)
+    output_error: float = 0.0  # max |logits - eager logits| / max |eager logits|
+    tolerance: float = OUTPUT_RTOL['float32']
+
+    @property
+    def valid(self) -> bool:
+        return self.output_error <= self.tolerance
 
 
 def create_model(name: str, fused: bool, num_classes: int = 1000) -> nn.Module:
@@ -52,9 +63,10 @@ def create_model(name: str, fused: bool, num_classes: int = 1000) -> nn.Module:
 
 
 def make_runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, onnx_path: Path,
-                compile: bool = False, cuda_graphs: bool = False) -> Callable[[], None]:
-    """A no-argument callable running `model` once on `x` with `runtime` and `threads` threads
-    (ONNX-based runtimes read the model exported to `onnx_path`; 'eager' may be torch.compile'd and
+                compile: bool = False, cuda_graphs: bool = False) -> Callable[[], object]:
+    """A no-argument callable running `model` once on `x` with `runtime` and `threads` threads and
+    returning its logits (ONNX-based runtimes read the model exported to `onnx_path`; ExecuTorch runs it
+    lowered to XNNPACK, on its thread pool, which `benchmark` sizes; 'eager' may be torch.compile'd and
     replayed from CUDA graphs: caretrans.bench.gpu)."""
     if runtime == 'eager' and (compile or cuda_graphs):
         from .gpu import inference_runner
@@ -62,10 +74,16 @@ def make_runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, o
     if runtime == 'eager':
         def run():
             with torch.inference_mode():
-                model(x)
+                return model(x)
         return run
     if x.device.type != 'cpu':
         raise ValueError(f'the {runtime} runtime runs on the CPU; on {x.device.type} use --runtimes eager')
+    if runtime == 'executorch':
+        from ..export.mobile import LoadedProgram, program_buffer, require_executorch
+
+        require_executorch()
+        program = LoadedProgram(program_buffer(model, x))
+        return lambda: program(x)
     from ..export.convert import export_onnx, onnx_session
 
     with torch.no_grad():
@@ -74,20 +92,31 @@ def make_runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, o
     if runtime == 'onnxruntime':
         session = onnx_session(onnx_path, threads)
         name = session.get_inputs()[0].name
-        return lambda: session.run(None, {name: feed})
+        return lambda: session.run(None, {name: feed})[0]
     if runtime == 'openvino':
         try:
             import openvino as ov
         except ImportError as e:
-            raise ValueError('the openvino runtime needs the openvino package: pip install caretrans[openvino]') from e
+            raise ValueError('the openvino runtime needs the openvino package: pip install caretrans[export]') from e
+        # float32 as the other runtimes: on CPUs with bf16 units OpenVINO would otherwise compute in bfloat16.
         compiled = ov.Core().compile_model(str(onnx_path), 'CPU', {'INFERENCE_NUM_THREADS': threads,
-                                                              'PERFORMANCE_HINT': 'LATENCY'})
+                                                              'PERFORMANCE_HINT': 'LATENCY',
+                                                              'INFERENCE_PRECISION_HINT': 'f32'})
         request = compiled.create_infer_request()
-        return lambda: request.infer({0: feed})
+        return lambda: request.infer({0: feed})[0]
     raise ValueError(f'unknown runtime {runtime!r}; choose from {", ".join(RUNTIMES)}')
 
 
-def time_interleaved(runners: Dict[int, Callable[[], None]], rounds: int, iters: int = 1,
+def output_error(logits, expected: torch.Tensor) -> float:
+    """max |logits - expected| / max |expected|: how far a runtime's output is from eager's."""
+    expected = expected.detach().float().cpu().numpy().astype(np.float64)
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach().float().cpu().numpy()
+    diff = np.abs(np.asarray(logits, dtype=np.float64) - expected).max()
+    return float(diff / max(float(np.abs(expected).max()), np.finfo(np.float32).tiny))
+
+
+def time_interleaved(runners: Dict[int, Callable[[], object]], rounds: int, iters: int = 1,
                      warmup: int = 3, seed: int = 0, sync: Callable[[], None] = lambda: None) -> Dict[int, List[float]]:
     """Milliseconds per call of each runner, per round. Every round runs every runner (`iters`
     calls, averaged) in a fresh random order, so machine noise hits all of them alike. `sync` waits
@@ -111,17 +140,20 @@ def time_interleaved(runners: Dict[int, Callable[[], None]], rounds: int, iters:
 
 def summarise(entries: Sequence[Entry]) -> List[dict]:
     """Median and spread (25th-75th percentile) per entry, and the median over rounds of its time
-    divided by the reference's (fused CARE-S0 on the same runtime) in the same round."""
-    refs = {e.runtime: np.array(e.times_ms) for e in entries if (e.model, e.variant) == REFERENCE}
+    divided by the reference's (fused CARE-S0 on the same runtime) in the same round. An entry whose
+    outputs did not match eager's was not timed: its times are None."""
+    refs = {e.runtime: np.array(e.times_ms) for e in entries if (e.model, e.variant) == REFERENCE and e.valid}
     rows = []
     for e in entries:
-        t = np.array(e.times_ms)
-        ref = refs.get(e.runtime)
-        rows.append(dict(
-            model=e.model, variant=e.variant, runtime=e.runtime, median_ms=float(np.median(t)),
-            p25_ms=float(np.percentile(t, 25)), p75_ms=float(np.percentile(t, 75)), rounds=len(t),
-            ratio_to_care_s0=None if ref is None else float(np.median(t / ref)),
-        ))
+        row = dict(model=e.model, variant=e.variant, runtime=e.runtime, outputs_match=e.valid,
+                   output_error=e.output_error, median_ms=None, p25_ms=None, p75_ms=None, rounds=len(e.times_ms),
+                   ratio_to_care_s0=None)
+        if e.valid and e.times_ms:
+            t, ref = np.array(e.times_ms), refs.get(e.runtime)
+            row.update(median_ms=float(np.median(t)), p25_ms=float(np.percentile(t, 25)),
+                       p75_ms=float(np.percentile(t, 75)),
+                       ratio_to_care_s0=None if ref is None else float(np.median(t / ref)))
+        rows.append(row)
     return rows
 
 
@@ -130,11 +162,18 @@ def benchmark(models: Sequence[str], runtimes: Sequence[str], batch_size: int = 
               dtype: str = 'float32', channels_last: bool = False, compile: bool = False,
               cuda_graphs: bool = False) -> List[dict]:
     """Latency rows for every model (CARE: un-fused and fused; peers: re-parameterised) on every runtime
-    (the PyTorch one on `device` in `dtype`, optionally channels-last, compiled, from CUDA graphs)."""
+    (the PyTorch one on `device` in `dtype`, optionally channels-last, compiled, from CUDA graphs).
+    Each entry's logits are checked against eager's first; one that differs is reported
+    (`outputs_match` False, with its `output_error`) and not timed."""
     from .gpu import DTYPES, example_input, prepare, sync
     from .profile import count_macs, count_params
 
     torch.set_num_threads(threads)
+    if 'executorch' in runtimes:
+        from ..export.mobile import require_executorch, set_threads
+
+        require_executorch()
+        set_threads(threads)
     device = torch.device(device)
     x = example_input(batch_size, img_size, device, DTYPES[dtype], channels_last)
     entries, runners, stats = [], {}, {}
@@ -149,10 +188,17 @@ def benchmark(models: Sequence[str], runtimes: Sequence[str], batch_size: int = 
                                        gmacs=count_macs(model, img_size) / 1e9, top1=PAPER_TOP1.get(name))
                 if device.type != 'cpu' or dtype != 'float32' or channels_last:
                     model = prepare(model, device, DTYPES[dtype], channels_last)
+                with torch.inference_mode():
+                    expected = model(x)
                 for runtime in runtimes:
-                    runners[len(entries)] = make_runner(model, runtime, x, threads, Path(tmp) / f'{len(entries)}.onnx',
-                                                        compile, cuda_graphs)
-                    entries.append(Entry(name, variant, runtime))
+                    run = make_runner(model, runtime, x, threads, Path(tmp) / f'{len(entries)}.onnx',
+                                      compile, cuda_graphs)
+                    logits = run()  # a CUDA graph's replay returns nothing: its capture ran the checked model
+                    entry = Entry(name, variant, runtime, tolerance=OUTPUT_RTOL[dtype],
+                                  output_error=0.0 if logits is None else output_error(logits, expected))
+                    if entry.valid:
+                        runners[len(entries)] = run
+                    entries.append(entry)
         for key, times in time_interleaved(runners, rounds, iters, sync=sync(device)).items():
             entries[key].times_ms = times
     rows = summarise(entries)
@@ -189,7 +235,7 @@ def plot(rows: Sequence[dict], path, runtime: str):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r['runtime'] == runtime and r['variant'] != 'unfused']
+    rows = [r for r in rows if r['runtime'] == runtime and r['variant'] != 'unfused' and r['median_ms'] is not None]
     if not rows:
         raise ValueError(f'no {runtime} rows to plot')
     by_accuracy = any(r['top1'] is not None for r in rows)

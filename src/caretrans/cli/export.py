@@ -1,4 +1,5 @@
-"""`caretrans export`: re-parameterise, export (ONNX, TorchScript, Core ML, int8 ONNX) and check numerically."""
+"""`caretrans export`: re-parameterise, export (ONNX, TorchScript, Core ML, ExecuTorch; int8 ONNX or
+ExecuTorch) and check the artefact against PyTorch."""
 import json
 
 
@@ -7,14 +8,25 @@ def add_parser(subparsers):
     p.add_argument('--model', default='care_s0')
     p.add_argument('--checkpoint', metavar='FILE', help='weights (ours or released; class count and input '
                    'channels are read from it)')
-    p.add_argument('--format', required=True, choices=['onnx', 'torchscript', 'coreml'])
+    p.add_argument('--format', required=True, choices=['onnx', 'torchscript', 'coreml', 'executorch'])
     p.add_argument('--output', required=True, metavar='PATH')
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--dynamic-batch', action='store_true', help='ONNX: a free batch axis (checked at 1 and 8)')
+    p.add_argument('--backend', choices=['xnnpack', 'coreml'],
+                   help='ExecuTorch: the delegate the program is lowered to (default: xnnpack, the phone CPU)')
+    p.add_argument('--fp16', action='store_true',
+                   help='Core ML (.mlpackage or --backend coreml): float16 compute precision, as the Neural '
+                   'Engine runs')
+    p.add_argument('--image-input', action='store_true', help='Core ML .mlpackage: the input is an image (0-255 '
+                   'pixels) that the program scales and normalises with --mean and --std')
+    p.add_argument('--mean', type=float, nargs='+', help="with --image-input (default: the model's pretrained_cfg)")
+    p.add_argument('--std', type=float, nargs='+', help="with --image-input (default: the model's pretrained_cfg)")
     p.add_argument('--no-reparameterize', dest='reparameterize', action='store_false',
                    help='export the model as trained, without inference fusions')
     p.add_argument('--int8', metavar='DATA', help="ONNX: also write PATH.int8.onnx, quantised with ONNX Runtime "
-                   "(static, per-channel) and calibrated on DATA ('fashion-mnist', 'synthetic' or an image folder)")
+                   "(static, per-channel); ExecuTorch (XNNPACK): also write PATH.int8.pte, quantised with PT2E and "
+                   "XNNPACK's quantiser (static, per-channel); calibrated on DATA ('fashion-mnist', 'synthetic' or an "
+                   "image folder)")
     p.add_argument('--calib-count', type=int, default=256, help='calibration images (default 256)')
     p.add_argument('--crop-pct', type=float, default=0.875,
                    help='with --int8: evaluation transform crop (resize to img_size / crop_pct, centre crop)')
@@ -38,64 +50,156 @@ def _build(args):
     return reparameterize(model) if args.reparameterize else model
 
 
-def _int8(args, model, report):
+def _image_norm(args, model):
+    """(mean, std) of --image-input, one value per input channel."""
+    if not args.image_input:
+        if args.mean or args.std:
+            raise ValueError('--mean and --std go with --image-input')
+        return None
+    cfg = getattr(model, 'pretrained_cfg', {}) or {}
+    norm = [args.mean or cfg.get('mean'), args.std or cfg.get('std')]
+    for i, name in enumerate(('mean', 'std')):
+        if norm[i] is None:
+            raise ValueError(f'--image-input needs --{name}: the model has no pretrained_cfg {name}')
+        if len(norm[i]) != model.in_chans:
+            raise ValueError(f'--{name} needs {model.in_chans} value(s), one per input channel; got {len(norm[i])}')
+    if any(s <= 0 for s in norm[1]):
+        raise ValueError(f'--std must be positive, got {norm[1]}')
+    return tuple(norm)
+
+
+def _export(args, model) -> dict:
+    if args.format != 'executorch':
+        from ..export import export_model
+
+        if args.backend:
+            raise ValueError('--backend chooses the delegate of an ExecuTorch program: use it with --format executorch')
+        return export_model(model, args.format, args.output, args.img_size, args.dynamic_batch, fp16=args.fp16,
+                            image=_image_norm(args, model))
+    from ..export.mobile import export_executorch
+
+    if args.dynamic_batch or args.image_input:
+        raise ValueError('--dynamic-batch and --image-input do not apply to ExecuTorch programs '
+                         '(batch 1, tensor input)')
+    return export_executorch(model, args.output, args.backend or 'xnnpack', args.img_size, fp16=args.fp16)
+
+
+def _int8_onnx(args, model):
+    """PATH.int8.onnx and, per path, a runner on one image and a top-1 evaluator."""
+    from pathlib import Path
+
+    from ..export import onnx_session, quantize_onnx
+    from ..export.quantize import onnx_top1
+
+    output = Path(args.output)
+    int8_path = quantize_onnx(output, output.with_suffix('.int8.onnx'), args.int8, args.calib_count,
+                              args.img_size, model.in_chans, crop_pct=args.crop_pct)
+
+    def runner(path, x):
+        session = onnx_session(path)
+        return lambda: session.run(None, {session.get_inputs()[0].name: x})
+
+    def evaluate(path):
+        return onnx_top1(path, args.int8, args.eval_count, args.img_size, model.in_chans, crop_pct=args.crop_pct)
+
+    return int8_path, runner, evaluate, dict(runtime='ONNX Runtime')
+
+
+def _int8_executorch(args, model):
+    """PATH.int8.pte (checked against PyTorch's simulation of the int8 model) and, per path, a runner
+    on one image and a top-1 evaluator."""
     from pathlib import Path
 
     import torch
 
-    from ..bench.latency import time_interleaved
-    from ..export import onnx_session, quantize_onnx
-    from ..export.quantize import dataset_batches, onnx_top1
+    from ..export.mobile import LoadedProgram, export_executorch
+    from ..export.quantize import calibration_images, top1
 
-    in_chans = model.in_chans
-    output = Path(args.output)
-    int8_path = quantize_onnx(output, output.with_suffix('.int8.onnx'), args.int8, args.calib_count,
-                              args.img_size, in_chans, crop_pct=args.crop_pct)
-    x = next(dataset_batches(args.int8, 'val', 1, args.img_size, in_chans, crop_pct=args.crop_pct))[0]
-    sessions = {p: onnx_session(p) for p in (output, int8_path)}
-    runners = {p: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for p, s in sessions.items()}
-    times = time_interleaved(runners, rounds=20)
-    ratio = float(torch.tensor(times[int8_path]).div(torch.tensor(times[output])).median())
+    int8_path = Path(args.output).with_suffix('.int8.pte')
+    images = calibration_images(args.int8, args.calib_count, args.img_size, model.in_chans, crop_pct=args.crop_pct)
+    report = export_executorch(model, int8_path, 'xnnpack', args.img_size,
+                               calibration=(torch.from_numpy(x) for x in images))
+
+    def runner(path, x):
+        program, x = LoadedProgram(Path(path).read_bytes()), torch.from_numpy(x)
+        return lambda: program(x)
+
+    def evaluate(path):
+        program = LoadedProgram(Path(path).read_bytes())
+        return top1(lambda images: program(torch.from_numpy(images)).numpy(), args.int8, args.eval_count,
+                    args.img_size, model.in_chans, batch_size=1, crop_pct=args.crop_pct)
+
+    return int8_path, runner, evaluate, dict(runtime='ExecuTorch (XNNPACK)', **{
+        k: report[k] for k in ('segments', 'delegated', 'portable', 'max_abs_diff', 'max_abs_diff_to_float',
+                               'lowering_s')})
+
+
+def _int8(args, model, report):
+    """Quantise, time int8 against float (interleaved) and, with --eval-count, compare their top-1."""
+    import torch
+
+    from ..bench.latency import time_interleaved
+    from ..export.quantize import dataset_batches
+
+    if args.format == 'executorch':
+        int8_path, runner, evaluate, details = _int8_executorch(args, model)
+    else:
+        int8_path, runner, evaluate, details = _int8_onnx(args, model)
+    x = next(dataset_batches(args.int8, 'val', 1, args.img_size, model.in_chans, crop_pct=args.crop_pct))[0]
+    paths = (args.output, str(int8_path))
+    times = time_interleaved({p: runner(p, x) for p in paths}, rounds=20)
+    ratio = float(torch.tensor(times[paths[1]]).div(torch.tensor(times[paths[0]])).median())
     report['int8'] = dict(output=str(int8_path), calibration=f'{args.calib_count} {args.int8} train images',
-                          latency_ratio_int8_to_float=ratio)
+                          latency_ratio_int8_to_float=ratio, **details)
     if args.eval_count:
-        report['int8'].update(
-            eval_images=args.eval_count,
-            top1_float=onnx_top1(output, args.int8, args.eval_count, args.img_size, in_chans, crop_pct=args.crop_pct),
-            top1_int8=onnx_top1(int8_path, args.int8, args.eval_count, args.img_size, in_chans,
-                                crop_pct=args.crop_pct))
+        report['int8'].update(eval_images=args.eval_count, top1_float=evaluate(paths[0]), top1_int8=evaluate(paths[1]))
+
+
+def _print(args, report):
+    print(f'wrote {report["output"]} ({args.format}{"/" + report["backend"] if "backend" in report else ""}, '
+          f'{"fused" if args.reparameterize else "un-fused"} {args.model})')
+    if 'segments' in report:
+        portable = ', '.join(f'{op} x{n}' for op, n in report['portable'].items()) or 'none'
+        print(f'delegated to {"+".join(report["backends"]) or "no backend"} in {report["segments"]} segment(s): '
+              f'{sum(report["delegated"].values())} operators; left to portable kernels: {portable} '
+              f'(lowered in {report["lowering_s"]:.0f} s)')
+    checked = ', '.join(f'batch {b}: max |diff| {d:.2e}' for b, d in report['max_abs_diff'].items())
+    if checked:
+        print(f'checked against PyTorch: {checked}')
+    else:
+        program = report['coreml_program']
+        print(f'Core ML cannot run on this OS: checked the program, not its numbers ({program["input"]} input '
+              f'{program["input_shape"]}, {program["conv_ops"]} convs computing in {program["precision"]}, '
+              f'output shape)')
+    if 'int8' in report:
+        q = report['int8']
+        print(f'wrote {q["output"]}: int8 / float latency {q["latency_ratio_int8_to_float"]:.2f} ({q["runtime"]})')
+        if 'top1_float' in q:
+            print(f'top-1 on {q["eval_images"]} validation images: float {q["top1_float"]:.2f}%, '
+                  f'int8 {q["top1_int8"]:.2f}%')
 
 
 def run(args):
-    from ..export import export_model
     from ..export.convert import check_export_request
     from .common import check_at_least, check_model_names
 
     # Everything that would fail is refused before the model is built.
     check_model_names([args.model])
-    if args.int8 and args.format != 'onnx':
-        raise ValueError('--int8 quantises the ONNX export: use it with --format onnx')
+    if args.int8 and args.format not in ('onnx', 'executorch'):
+        raise ValueError('--int8 quantises the ONNX or ExecuTorch export: use it with --format onnx or executorch')
+    if args.int8 and args.backend == 'coreml':
+        raise ValueError('--int8 programs are lowered to XNNPACK: use --backend xnnpack')
     check_at_least(args, calib_count=1, eval_count=0)
     if not 0 < args.crop_pct <= 1:
         raise ValueError(f'--crop-pct {args.crop_pct}: expected a fraction in (0, 1]')
     check_export_request(args.format, args.output, args.img_size, args.dynamic_batch)
     model = _build(args)
-    report = export_model(model, args.format, args.output, args.img_size, args.dynamic_batch)
+    report = _export(args, model)
     report.update(model=args.model, checkpoint=args.checkpoint, reparameterized=args.reparameterize)
     if args.int8:
         _int8(args, model, report)
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
-    checked = ', '.join(f'batch {b}: max |diff| {d:.2e}' for b, d in report['max_abs_diff'].items())
-    print(f'wrote {report["output"]} ({args.format}, {"fused" if args.reparameterize else "un-fused"} {args.model})')
-    print(f'checked against PyTorch: {checked}' if checked else
-          'Core ML cannot run on this OS: checked the saved program (input shape, conv count, output shape), '
-          'not its numbers')
-    if 'int8' in report:
-        q = report['int8']
-        print(f'wrote {q["output"]}: int8 / float latency {q["latency_ratio_int8_to_float"]:.2f} (ONNX Runtime)')
-        if 'top1_float' in q:
-            print(f'top-1 on {q["eval_images"]} validation images: float {q["top1_float"]:.2f}%, '
-                  f'int8 {q["top1_int8"]:.2f}%')
+    else:
+        _print(args, report)
     return 0

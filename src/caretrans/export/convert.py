@@ -5,7 +5,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -16,14 +16,17 @@ from ..models import MIN_INPUT_SIZE
 FORMATS = ('onnx', 'torchscript', 'coreml')
 # An export must reproduce PyTorch's eval outputs to float rounding.
 RTOL, ATOL = 1e-4, 1e-4
+# float16 compute (Core ML's Neural Engine) rounds every activation to 11 significant bits.
+FP16_TOL = 2e-2
 
 
 class ExportCheckError(ValueError):
     """An exported artefact that does not compute what the PyTorch model computes."""
 
 
-def _check_close(name: str, expected: torch.Tensor, actual, batch: int) -> float:
-    """Max abs difference, or an ExportCheckError naming it when beyond RTOL/ATOL."""
+def _check_close(name: str, expected: torch.Tensor, actual, batch: int, rtol: float = RTOL,
+                 atol: float = ATOL) -> float:
+    """Max abs difference, or an ExportCheckError naming it when beyond rtol/atol."""
     expected = expected.detach().numpy()
     actual = np.asarray(actual)
     if not np.isfinite(expected).all():
@@ -33,9 +36,9 @@ def _check_close(name: str, expected: torch.Tensor, actual, batch: int) -> float
         raise ExportCheckError(f'{name} output shape {actual.shape} differs from PyTorch {expected.shape} '
                                f'(batch {batch})')
     diff = float(np.abs(actual - expected).max())
-    if not np.allclose(actual, expected, rtol=RTOL, atol=ATOL):
+    if not np.allclose(actual, expected, rtol=rtol, atol=atol):
         raise ExportCheckError(f'{name} output differs from PyTorch by up to {diff:.3g} at batch {batch} '
-                               f'(tolerance rtol={RTOL}, atol={ATOL})')
+                               f'(tolerance rtol={rtol}, atol={atol})')
     return diff
 
 
@@ -88,57 +91,117 @@ def check_torchscript(model: nn.Module, output: Path, inputs: List[torch.Tensor]
         return {len(x): _check_close('TorchScript', model(x), loaded(x), len(x)) for x in inputs}
 
 
-def export_coreml(model: nn.Module, x: torch.Tensor, output: Path):
-    """An ML program (.mlpackage) converted by coremltools from the torch.export program."""
+class ImageInput(nn.Module):
+    """`model` behind the image preprocessing: pixels in [0, 1] (Core ML scales 0-255 by 1/255 before
+    this), normalised per channel by (x - mean) / std, as in training."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer('inv_std', 1.0 / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) * self.inv_std)
+
+
+def export_coreml(model: nn.Module, x: torch.Tensor, output: Path, fp16: bool = False,
+                  image: Optional[Tuple[Sequence[float], Sequence[float]]] = None):
+    """An ML program (.mlpackage) converted by coremltools from the torch.export program.
+
+    fp16: float16 compute precision (what the Neural Engine runs; weights stored in float16).
+    image: (mean, std): the input is an RGB (grayscale for one channel) image of 0-255 pixels, which
+    the program scales and normalises itself.
+    """
     try:
         import coremltools as ct
     except ImportError as e:
         raise ValueError('Core ML export needs coremltools: pip install caretrans[coreml]') from e
+    if image is None:
+        inputs = [ct.TensorType(name='image', shape=tuple(x.shape))]
+    else:
+        model = ImageInput(model, *image).eval()
+        layout = ct.colorlayout.GRAYSCALE if x.shape[1] == 1 else ct.colorlayout.RGB
+        inputs = [ct.ImageType(name='image', shape=tuple(x.shape), scale=1 / 255, color_layout=layout)]
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         program = torch.export.export(model, (x,)).run_decompositions({})
-        mlmodel = ct.convert(program, inputs=[ct.TensorType(name='image', shape=tuple(x.shape))],
-                             outputs=[ct.TensorType(name='logits')], convert_to='mlprogram',
-                             compute_precision=ct.precision.FLOAT32, minimum_deployment_target=ct.target.macOS13)
+        mlmodel = ct.convert(program, inputs=inputs, outputs=[ct.TensorType(name='logits')], convert_to='mlprogram',
+                             compute_precision=ct.precision.FLOAT16 if fp16 else ct.precision.FLOAT32,
+                             minimum_deployment_target=ct.target.macOS13)
     mlmodel.save(str(output))
 
 
-def check_coreml(model: nn.Module, output: Path, inputs: List[torch.Tensor]) -> Dict[int, float]:
-    """On macOS, predictions against PyTorch; elsewhere Core ML cannot run, so the saved package is
-    read back and its program checked against the model: input shape, one conv per Conv2d, output shape."""
+def _image_batch(x: torch.Tensor) -> Tuple[object, torch.Tensor]:
+    """A PIL image of random 0-255 pixels for Core ML and the same pixels as a [0, 1] tensor for PyTorch."""
+    from PIL import Image
+
+    pixels = (torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(0)) * 255).round().to(torch.uint8)
+    array = pixels[0].numpy() if x.shape[1] == 1 else pixels.permute(1, 2, 0).numpy()
+    return Image.fromarray(array), pixels[None].float() / 255
+
+
+def check_coreml(model: nn.Module, output: Path, inputs: List[torch.Tensor], fp16: bool = False,
+                 image: Optional[Tuple[Sequence[float], Sequence[float]]] = None) -> Tuple[Dict[int, float], dict]:
+    """The saved package read back and its program checked against the model (`check_coreml_spec`);
+    on macOS also its predictions against PyTorch (elsewhere Core ML cannot run)."""
     import coremltools as ct
 
     x = inputs[0]
-    if platform.system() == 'Darwin':
-        mlmodel = ct.models.MLModel(str(output))
-        with torch.no_grad():
-            return {len(x): _check_close('Core ML', model(x), mlmodel.predict({'image': x.numpy()})['logits'], len(x))}
-    mlmodel = ct.models.MLModel(str(output), skip_model_load=True)
-    spec = mlmodel.get_spec()
-    shape = tuple(spec.description.input[0].type.multiArrayType.shape)
+    program = check_coreml_spec(model, ct.models.MLModel(str(output), skip_model_load=True).get_spec(), x, fp16)
+    if platform.system() != 'Darwin':
+        return {}, program
+    mlmodel = ct.models.MLModel(str(output))
+    feed, x = _image_batch(x) if image is not None else (x.numpy(), x)
+    reference = ImageInput(model, *image).eval() if image is not None else model
+    tol = FP16_TOL if fp16 else RTOL
+    with torch.no_grad():
+        diff = _check_close('Core ML', reference(x), mlmodel.predict({'image': feed})['logits'], 1, tol, tol)
+    return {1: diff}, program
+
+
+def check_coreml_spec(model: nn.Module, spec, x: torch.Tensor, fp16: bool = False) -> Dict[str, object]:
+    """Check a Core ML ML program against the model it was converted from: input (tensor or image)
+    and output shapes, one conv per Conv2d, and the compute precision of every conv."""
+    from coremltools.proto import MIL_pb2
+
+    input_type = spec.description.input[0].type
+    if input_type.HasField('imageType'):
+        image = input_type.imageType
+        channels = 1 if image.colorSpace == image.GRAYSCALE else 3
+        shape = (1, channels, image.height, image.width)
+    else:
+        shape = tuple(input_type.multiArrayType.shape)
     if shape != tuple(x.shape):
         raise ExportCheckError(f'Core ML input shape {shape} differs from {tuple(x.shape)}')
     function = spec.mlProgram.functions['main']
-    ops = [op.type for op in function.block_specializations[function.opset].operations]
-    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-    if ops.count('conv') != convs:
-        raise ExportCheckError(f'Core ML program has {ops.count("conv")} conv ops, the model {convs} Conv2d')
+    ops = function.block_specializations[function.opset].operations
+    convs = [op for op in ops if op.type == 'conv']
+    expected_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    if len(convs) != expected_convs:
+        raise ExportCheckError(f'Core ML program has {len(convs)} conv ops, the model {expected_convs} Conv2d')
+    dtype = MIL_pb2.FLOAT16 if fp16 else MIL_pb2.FLOAT32
+    other = [op.outputs[0].name for op in convs if op.outputs[0].type.tensorType.dataType != dtype]
+    if other:
+        raise ExportCheckError(f'{len(other)} Core ML convs (first: {other[0]}) do not compute in '
+                               f'{"float16" if fp16 else "float32"}')
     with torch.no_grad():
         expected = tuple(model(x).shape)
     output_shape = tuple(spec.description.output[0].type.multiArrayType.shape)
     if output_shape != expected:
         raise ExportCheckError(f'Core ML output shape {output_shape} differs from PyTorch {expected}')
-    return {}
+    return dict(input='image' if input_type.HasField('imageType') else 'tensor', input_shape=list(shape),
+                conv_ops=len(convs), precision='float16' if fp16 else 'float32', ops=len(ops))
 
 
-_CHECKS = {'onnx': check_onnx, 'torchscript': check_torchscript, 'coreml': check_coreml}
+_CHECKS = {'onnx': check_onnx, 'torchscript': check_torchscript}
 
 
 def check_export_request(fmt: str, output, img_size: int, dynamic_batch: bool = False) -> Path:
     """Raise a ValueError for an export that cannot succeed, before any work: an unknown format, an
     input size CARE cannot take, or an output that is a folder, needs another name or cannot be written."""
-    if fmt not in FORMATS:
-        raise ValueError(f'unknown export format {fmt!r}; choose one of {", ".join(FORMATS)}')
+    if fmt not in FORMATS + ('executorch',):  # ExecuTorch programs: export.mobile
+        raise ValueError(f'unknown export format {fmt!r}; choose one of {", ".join(FORMATS)}, executorch')
     if dynamic_batch and fmt != 'onnx':
         raise ValueError('--dynamic-batch is supported for ONNX only')
     if img_size < MIN_INPUT_SIZE:
@@ -150,7 +213,8 @@ def check_export_request(fmt: str, output, img_size: int, dynamic_batch: bool = 
             raise ValueError(f'output {output}: Core ML writes a .mlpackage folder; name it e.g. '
                              f'{output.with_suffix(".mlpackage")}')
     elif output.is_dir():
-        raise ValueError(f'output {output} is a folder; give a file name, e.g. {output / ("model." + fmt)}')
+        suffix = {'executorch': 'pte', 'torchscript': 'pt'}.get(fmt, fmt)
+        raise ValueError(f'output {output} is a folder; give a file name, e.g. {output / ("model." + suffix)}')
     existing = output.parent
     while not existing.exists():  # export_model creates the missing folders
         existing = existing.parent
@@ -162,20 +226,28 @@ def check_export_request(fmt: str, output, img_size: int, dynamic_batch: bool = 
 
 
 def export_model(model: nn.Module, fmt: str, output, img_size: int = 224, dynamic_batch: bool = False,
-                 in_chans: Optional[int] = None) -> Dict[str, object]:
+                 in_chans: Optional[int] = None, fp16: bool = False,
+                 image: Optional[Tuple[Sequence[float], Sequence[float]]] = None) -> Dict[str, object]:
     """Export an eval-mode `model` and check the artefact; returns what was checked.
 
     The check runs the artefact on random inputs (batches 1 and 8 for a dynamic batch axis,
     else 1) and raises an ExportCheckError when it disagrees with PyTorch. The artefact is
     written beside `output` and moved there only once it passes: a failed export leaves nothing.
+    Core ML only: `fp16` compute precision, `image` = (mean, std) for an image input normalised
+    inside the program.
     """
+    if fmt not in FORMATS:
+        raise ValueError(f'unknown export format {fmt!r}; choose one of {", ".join(FORMATS)}')
     output = check_export_request(fmt, output, img_size, dynamic_batch)
+    if (fp16 or image is not None) and fmt != 'coreml':
+        raise ValueError('--fp16 and --image-input are Core ML options')
     output.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     in_chans = in_chans if in_chans is not None else getattr(model, 'in_chans', 3)
     x = torch.zeros(1, in_chans, img_size, img_size)
     # A traced TorchScript model keeps a free batch axis: check it at another batch too.
     batches = [1, 8] if dynamic_batch else [1, 2] if fmt == 'torchscript' else [1]
+    report = dict(format=fmt, output=str(output), img_size=img_size, dynamic_batch=dynamic_batch)
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f'.{output.name}.'))
     try:
         staged = staging / output.name
@@ -185,13 +257,16 @@ def export_model(model: nn.Module, fmt: str, output, img_size: int = 224, dynami
             elif fmt == 'torchscript':
                 export_torchscript(model, x, staged)
             else:
-                export_coreml(model, x, staged)
-        max_abs_diff = _CHECKS[fmt](model, staged, _inputs(batches, in_chans, img_size))
+                export_coreml(model, x, staged, fp16, image)
+        inputs = _inputs(batches, in_chans, img_size)
+        if fmt == 'coreml':
+            max_abs_diff, report['coreml_program'] = check_coreml(model, staged, inputs, fp16, image)
+        else:
+            max_abs_diff = _CHECKS[fmt](model, staged, inputs)
         if output.is_dir():  # an earlier .mlpackage: os.replace cannot replace a non-empty folder
             shutil.rmtree(output)
         os.replace(staged, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return dict(format=fmt, output=str(output), img_size=img_size, dynamic_batch=dynamic_batch,
-                max_abs_diff={str(b): d for b, d in max_abs_diff.items()},
-                numerically_checked=bool(max_abs_diff))
+    report.update(max_abs_diff={str(b): d for b, d in max_abs_diff.items()}, numerically_checked=bool(max_abs_diff))
+    return report

@@ -1,7 +1,10 @@
-"""int8 post-training static quantisation of an ONNX model with ONNX Runtime, calibrated on a dataset."""
+"""int8 post-training static quantisation of an ONNX model with ONNX Runtime, and the calibration and
+evaluation images of every int8 export (ONNX, ExecuTorch)."""
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
+
+import numpy as np
 
 
 def dataset_batches(data: str, split: str, count: int, img_size: int, in_chans: int,
@@ -27,6 +30,13 @@ def dataset_batches(data: str, split: str, count: int, img_size: int, in_chans: 
             yield batch[0].numpy(), batch[1].numpy()
 
 
+def calibration_images(data: str, count: int, img_size: int, in_chans: int, split: str = 'train',
+                       crop_pct: float = 0.875) -> Iterator[np.ndarray]:
+    """The first `count` images of `split`, one (1, C, H, W) batch each: exported graphs may have a fixed batch of 1."""
+    return (x[None] for batch, _ in dataset_batches(data, split, count, img_size, in_chans, crop_pct=crop_pct)
+            for x in batch)
+
+
 def quantize_onnx(float_path, output, data: str, count: int = 256, img_size: int = 224, in_chans: int = 3,
                   split: str = 'train', crop_pct: float = 0.875) -> Path:
     """Write an int8 (QDQ, per-channel weights) copy of `float_path`, calibrated with min/max
@@ -40,10 +50,7 @@ def quantize_onnx(float_path, output, data: str, count: int = 256, img_size: int
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            # One image per call: the exported graph may have a fixed batch of 1.
-            self.images = (x[None] for batch, _ in dataset_batches(data, split, count, img_size, in_chans,
-                                                                       crop_pct=crop_pct)
-                           for x in batch)
+            self.images = calibration_images(data, count, img_size, in_chans, split, crop_pct)
 
         def get_next(self) -> Optional[dict]:
             x = next(self.images, None)
@@ -59,6 +66,16 @@ def quantize_onnx(float_path, output, data: str, count: int = 256, img_size: int
     return output
 
 
+def top1(predict: Callable[[np.ndarray], np.ndarray], data: str, count: int, img_size: int, in_chans: int,
+         batch_size: int = 32, split: str = 'val', crop_pct: float = 0.875) -> float:
+    """Top-1 accuracy (%) of a classifier (`predict`: images -> logits) on the first `count` images of `split`."""
+    correct = total = 0
+    for images, labels in dataset_batches(data, split, count, img_size, in_chans, batch_size, crop_pct):
+        correct += int((np.asarray(predict(images)).argmax(1) == labels).sum())
+        total += len(labels)
+    return 100.0 * correct / total
+
+
 def onnx_top1(path, data: str, count: int, img_size: int, in_chans: int, split: str = 'val',
               crop_pct: float = 0.875) -> float:
     """Top-1 accuracy (%) of an ONNX classifier on the first `count` images of `split`."""
@@ -67,9 +84,5 @@ def onnx_top1(path, data: str, count: int, img_size: int, in_chans: int, split: 
     session = onnx_session(path)
     name = session.get_inputs()[0].name
     batch_size = 1 if session.get_inputs()[0].shape[0] == 1 else 32
-    correct = total = 0
-    for images, labels in dataset_batches(data, split, count, img_size, in_chans, batch_size, crop_pct):
-        logits = session.run(None, {name: images})[0]
-        correct += int((logits.argmax(1) == labels).sum())
-        total += len(labels)
-    return 100.0 * correct / total
+    return top1(lambda images: session.run(None, {name: images})[0], data, count, img_size, in_chans, batch_size,
+                split, crop_pct)

@@ -244,13 +244,15 @@ class LinearAttention(nn.Module):
         B, C, H, W = x.shape
         N = H * W
         q, k = self.qk(x).chunk(2, dim=1)
-        # (B, C, H, W) -> (B, heads, N, head_dim); channel c belongs to head c // head_dim.
-        q = self._feature_map(q).reshape(B, self.num_heads, self.head_dim, N).transpose(-1, -2)
-        k = self._feature_map(k).reshape(B, self.num_heads, self.head_dim, N).transpose(-1, -2)
-        v = x.reshape(B, self.num_heads, self.head_dim, N).transpose(-1, -2)
-        z = 1.0 / (q @ k.mean(dim=2, keepdim=True).transpose(-1, -2) + 1e-6)  # (B, h, N, 1)
-        kv = (k.transpose(-1, -2) @ v) / N  # (B, h, hd, hd)
-        out = ((q @ kv) * z).transpose(-1, -2).reshape(B, C, H, W)
+        q, k = self._feature_map(q), self._feature_map(k)
+        # Per head, in the (head_dim, N) layout that NCHW already is (channel c belongs to head
+        # c // head_dim): out^T = (v k^T / N) q / (mean_n(k)^T q + eps). Three batched matmuls, one
+        # transpose, a spatial mean and a division: ops that mobile runtimes (XNNPACK) run natively.
+        shape = (B * self.num_heads, self.head_dim, N)
+        k_mean = k.mean(dim=(2, 3), keepdim=True).reshape(B * self.num_heads, 1, self.head_dim)
+        q, k, v = q.reshape(shape), k.reshape(shape), x.reshape(shape)
+        kv = torch.bmm(v, k.transpose(1, 2)) * (1.0 / N)  # (B*h, hd, hd); a float scalar, as runtimes take it
+        out = (torch.bmm(kv, q) / (torch.bmm(k_mean, q) + 1e-6)).reshape(B, C, H, W)
         # Keep a channels-last input's layout, or every later layer of the stage falls back to NCHW.
         return out.contiguous(memory_format=torch.channels_last) if _channels_innermost(x) else out
 

@@ -1,4 +1,5 @@
 """Safe checkpoint reading, validation against a model, and atomic writing."""
+import contextlib
 import contextvars
 import glob
 import os
@@ -8,12 +9,12 @@ import uuid
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ['CheckpointError', 'read_checkpoint', 'match_state_dict', 'load_checkpoint', 'save_atomic']
+__all__ = ['CheckpointError', 'read_checkpoint', 'match_state_dict', 'load_checkpoint', 'save_atomic', 'atomic_file']
 
 PathLike = Union[str, os.PathLike]
 
@@ -150,8 +151,9 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True) -> nn
     return model
 
 
-def save_atomic(obj: Any, path: PathLike) -> Path:
-    """Write with torch.save (or safetensors for a '.safetensors' path) through a temp file and rename.
+@contextlib.contextmanager
+def atomic_file(path: PathLike) -> Iterator[str]:
+    """A temp file beside `path` to write; renamed over `path` when the block ends normally, removed if it raises.
 
     A reader never sees a half-written file: the rename is atomic on POSIX file systems. The file gets
     the permissions `open()` would give it (0o666 less the umask). Temp files of earlier writes of the
@@ -165,12 +167,8 @@ def save_atomic(obj: Any, path: PathLike) -> Path:
     mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
     try:
-        if path.suffix == '.safetensors':
-            from safetensors.torch import save_file
-            save_file({k: v.contiguous() for k, v in obj.items()}, str(tmp))
-        else:
-            torch.save(obj, tmp)
-        os.chmod(tmp, mode)  # safetensors writes 0o600 whatever the umask
+        yield str(tmp)
+        os.chmod(tmp, mode)  # some writers (safetensors) set 0o600 whatever the umask
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -179,4 +177,15 @@ def save_atomic(obj: Any, path: PathLike) -> Path:
         raise
     for stale in path.parent.glob(f'.{glob.escape(path.name)}.*.tmp'):
         stale.unlink(missing_ok=True)
+
+
+def save_atomic(obj: Any, path: PathLike) -> Path:
+    """Write with torch.save (or safetensors for a '.safetensors' path) through a temp file and rename."""
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        if path.suffix == '.safetensors':
+            from safetensors.torch import save_file
+            save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
+        else:
+            torch.save(obj, tmp)
     return path

@@ -1,0 +1,189 @@
+"""ExecuTorch programs: fully delegated to XNNPACK, checked against PyTorch through ExecuTorch's runtime,
+int8 through PT2E, Core ML delegates checked structurally, and the bench's ExecuTorch entry.
+
+Lowering has a fixed cost per process (ExecuTorch builds its pattern graphs once), so these tests run
+in one xdist worker, on models of one block per stage at 32x32 or 64x64.
+"""
+import json
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+pytest.importorskip('executorch')
+
+import caretrans  # noqa: E402
+from caretrans.cli import main as cli_main  # noqa: E402
+from caretrans.export import ExportCheckError  # noqa: E402
+from caretrans.export import mobile  # noqa: E402
+from caretrans.export.quantize import calibration_images  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group('executorch')
+
+
+def _unit_scale(model: nn.Module) -> nn.Module:
+    """Weights of variance 1 / fan-in and non-trivial norms and layer scales: logits of order one, so
+    that an absolute tolerance of 1e-4 means something (timm's init gives CARE logits of ~1e-3)."""
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(m.weight, std=m.weight[0].numel() ** -0.5)
+            nn.init.uniform_(m.bias, -0.1, 0.1)
+        elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    for name, p in model.named_parameters():
+        if name.endswith('layer_scale'):
+            p.data.uniform_(0.1, 1.0)
+    return model.eval()
+
+
+def _tiny(**kwargs) -> nn.Module:
+    """CARE-S0 with one block per stage: every kind of layer (long-range convs, linear attention,
+    downsampling, the last block, the merged head) in a quarter of the graph."""
+    kwargs = dict(dict(depths=(1, 1, 1, 1), num_classes=10), **kwargs)
+    return caretrans.reparameterize(_unit_scale(timm.create_model('care_s0', **kwargs)))
+
+
+@pytest.fixture(scope='module')
+def tiny():
+    return _tiny()
+
+
+def _report(module: nn.Module, x: torch.Tensor, rewrites: bool = True) -> dict:
+    program = mobile.export_program(module, x) if rewrites else torch.export.export(module, (x,))
+    return mobile.delegation_report(mobile.lower(program))
+
+
+def test_rewrites_compute_what_split_and_layer_norm_compute():
+    x = torch.randn(2, 5, 7, 12)
+    for split, expected in [(4, x.split(4, dim=-1)), ([2, 7, 3], x.split([2, 7, 3], dim=-1))]:
+        for a, b in zip(mobile._split_as_slices(x, split, -1), expected, strict=True):
+            assert torch.equal(a, b)
+    weight, bias = torch.randn(12), torch.randn(12)
+    out, mean, rstd = mobile._normalise_as_spatial_means(x, [12], weight, bias, 1e-6)
+    torch.testing.assert_close(out, F.layer_norm(x, [12], weight, bias, 1e-6), rtol=1e-5, atol=1e-5)
+    ref_out, ref_mean, ref_rstd = torch.native_layer_norm(x, [7, 12], None, None, 1e-5)
+    out, mean, rstd = mobile._normalise_as_spatial_means(x, [7, 12], None, None, 1e-5)
+    for a, b in [(out, ref_out), (mean, ref_mean), (rstd, ref_rstd)]:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_block_and_head_lower_whole_into_xnnpack(tiny):
+    # The linear attention as three bmm, a spatial mean and a division; channel splits as slices;
+    # the head's LayerNorm as spatial means: nothing is left to ExecuTorch's portable kernels.
+    block = tiny.stages[2].blocks[0]
+    report = _report(block, torch.randn(1, 128, 4, 4))
+    assert report['segments'] == 1 and report['portable'] == {}
+    assert {'bmm', 'elu', 'mean.dim', 'div.Tensor', 'slice_copy.Tensor'} <= set(report['delegated'])
+    head = _report(tiny.head, torch.randn(1, tiny.num_features, 2, 2))
+    assert head['segments'] == 1 and head['portable'] == {} and 'rsqrt' in head['delegated']
+
+
+def test_delegation_report_names_what_falls_back():
+    # Without the rewrites the stock graph splits with split_with_sizes, which XNNPACK has no kernel for:
+    # two delegate segments around it, and the report says so.
+    class Split(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(6, 6, 1)
+
+        def forward(self, x):
+            a, b = self.conv(x).chunk(2, dim=1)
+            return torch.cat([a * 2.0, b + 1.0], dim=1)  # float scalars: int ones would need dtype casts
+
+    x = torch.randn(1, 6, 8, 8)
+    stock = _report(Split().eval(), x, rewrites=False)
+    assert stock['portable'] == {'split_with_sizes_copy': 1} and stock['segments'] == 2
+    rewritten = _report(Split().eval(), x)
+    assert rewritten['portable'] == {} and rewritten['segments'] == 1
+    assert rewritten['delegated']['slice_copy.Tensor'] == 2 and rewritten['backends'] == ['XnnpackBackend']
+
+
+def test_xnnpack_program_is_checked_and_written(tiny, tmp_path):
+    out = tmp_path / 'tiny.pte'
+    report = mobile.export_executorch(tiny, out, img_size=64)
+    assert report['segments'] == 1 and report['portable'] == {} and report['precision'] == 'fp32'
+    assert report['numerically_checked'] and report['max_abs_diff']['1'] < 1e-4
+    program = mobile.LoadedProgram(out.read_bytes())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = tiny(x)
+    assert expected.abs().max() > 0.1  # logits of order one: the tolerance below is meaningful
+    torch.testing.assert_close(program(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_failed_check_is_an_error_and_leaves_no_file(tiny, tmp_path, monkeypatch):
+    # A lowering that computes something else (here: another model's weights) must not be written.
+    other = _tiny()
+    with torch.no_grad():
+        other.head.fc.bias.add_(0.01)
+    export = mobile.export_program
+    monkeypatch.setattr(mobile, 'export_program', lambda model, x, backend='xnnpack': export(other, x, backend))
+    out = tmp_path / 'wrong.pte'
+    with pytest.raises(ExportCheckError, match='ExecuTorch output differs from PyTorch by up to 0.01'):
+        mobile.export_executorch(tiny, out, img_size=32)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_cli_executorch_with_int8(tmp_path, capsys, monkeypatch):
+    # Two stages of linear attention (early='attention') keep the int8 graph, three times the float
+    # one with its quantise / dequantise nodes, short to lower.
+    model = _tiny(depths=(1, 1), dims=(24, 48), expansions=((2, 2), (2, 4)), early='attention',
+                  head_dims=(8, 16))
+    monkeypatch.setattr('caretrans.cli.export._build', lambda args: model)
+    out = tmp_path / 'm.pte'
+    assert cli_main(['export', '--format', 'executorch', '--img-size', '32', '--output', str(out), '--int8',
+                     'synthetic', '--calib-count', '8', '--eval-count', '4', '--json']) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report['backend'] == 'xnnpack' and report['segments'] == 1 and report['portable'] == {}
+    q = report['int8']
+    assert q['output'] == str(tmp_path / 'm.int8.pte') and (tmp_path / 'm.int8.pte').is_file()
+    assert q['runtime'] == 'ExecuTorch (XNNPACK)' and q['segments'] == 1 and q['portable'] == {}
+    delegated = q['delegated']  # every conv and the classifier read int8 weights
+    assert delegated['quantized_decomposed.dequantize_per_channel'] == delegated['convolution'] + delegated['linear']
+    x = torch.from_numpy(next(calibration_images('synthetic', 1, 32, 3)))
+    with torch.no_grad():
+        scale = model(x).abs().max().item()
+    assert q['max_abs_diff']['1'] < mobile.INT8_TOL * scale  # to PyTorch's simulation of the int8 model
+    assert 0 < q['max_abs_diff_to_float'] < 0.5 * scale  # int8 rounding: close to float, not equal
+    assert q['latency_ratio_int8_to_float'] > 0
+    assert q['eval_images'] == 4 and 0 <= q['top1_int8'] <= 100 and 0 <= q['top1_float'] <= 100
+    assert cli_main(['export', '--format', 'executorch', '--backend', 'coreml', '--output', str(out),
+                     '--int8', 'synthetic']) == 2
+    assert 'lowered to XNNPACK' in capsys.readouterr().err
+    assert cli_main(['export', '--format', 'onnx', '--backend', 'xnnpack', '--output', str(out)]) == 2
+    assert '--backend chooses the delegate' in capsys.readouterr().err
+
+
+def test_coreml_delegate_is_checked_structurally(tiny, tmp_path):
+    pytest.importorskip('coremltools')
+    report = mobile.export_executorch(tiny, tmp_path / 'coreml.pte', backend='coreml', img_size=64, fp16=True)
+    assert report['backends'] == ['CoreMLBackend'] and report['segments'] == 1 and report['portable'] == {}
+    assert not report['numerically_checked']  # Core ML runs on Apple hardware only
+    program = report['coreml_program']
+    assert program['precision'] == 'float16' and program['input_shape'] == [1, 3, 64, 64]
+    assert program['conv_ops'] == sum(isinstance(m, nn.Conv2d) for m in tiny.modules())
+    with pytest.raises(ValueError, match='Core ML option'):
+        mobile.lower(mobile.export_program(tiny, torch.zeros(1, 3, 32, 32)), 'xnnpack', fp16=True)
+
+
+def test_care_s0_lowers_into_one_xnnpack_delegate(released_checkpoint, tmp_path):
+    # The whole released CARE-S0 (closed-form weights: logits of real scale), at 32x32 to keep it short.
+    model = timm.create_model('care_s0', pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(released_checkpoint('care_s0'))))
+    report = mobile.export_executorch(caretrans.reparameterize(model), tmp_path / 's0.pte', img_size=32)
+    assert report['segments'] == 1 and report['portable'] == {}
+    assert report['delegated']['bmm'] == 3 * 12 and report['delegated']['elu'] == 2 * 12  # 12 attention blocks
+    assert report['max_abs_diff']['1'] < 1e-4
+
+
+def test_bench_executorch_entry_is_checked_and_timed():
+    from caretrans.bench.latency import benchmark
+
+    rows = benchmark(['mobileone_s0'], ['eager', 'executorch'], img_size=32, threads=1, rounds=2)
+    eager, executorch = rows
+    assert executorch['runtime'] == 'executorch' and executorch['outputs_match']
+    assert executorch['output_error'] < 1e-4 and executorch['rounds'] == 2 and executorch['median_ms'] > 0
