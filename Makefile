@@ -25,11 +25,13 @@ $(FASHION_MNIST):
 demo: $(STAMP) $(FASHION_MNIST)
 	$(BIN)/caretrans train --recipe fashion-mnist-quick --threads 2 --output runs/fashion-mnist-$$(date +%Y%m%d-%H%M%S)
 
-# The ExecuTorch tests run in a process of their own: its runtime keeps native thread pools that the
-# suite's forked DataLoader workers should not inherit.
+# The tests of the native runtimes (ONNX Runtime, OpenVINO, Core ML tools, ExecuTorch) run in a process
+# of their own: their thread pools must not be inherited by the DataLoader workers that other tests fork.
+NATIVE_RUNTIME_TESTS := tests/test_bench.py tests/test_export.py tests/test_quant.py tests/test_mobile.py
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --ignore=tests/test_mobile.py
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_mobile.py
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(addprefix --ignore=,$(NATIVE_RUNTIME_TESTS))
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(NATIVE_RUNTIME_TESTS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
