@@ -89,12 +89,7 @@ def _outputs_and_grads(model, x, run=None):
     return out, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
-# Known gap: the kernels' PyTorch reference (kernels/reference.py) still uses the linear attention's former
-# formulation; since the model's attention was rewritten for XNNPACK, training gradients differ by rounding.
-KNOWN_GRAD_GAP = pytest.mark.xfail(reason='kernels/reference.py predates the XNNPACK-friendly attention', strict=False)
-
-
-@pytest.mark.parametrize('mode', [pytest.param('train', marks=KNOWN_GRAD_GAP), 'eval', 'fused'])
+@pytest.mark.parametrize('mode', ['train', 'eval', 'fused'])
 @pytest.mark.parametrize('layout', ['nchw', 'channels-last'])
 def test_fused_path_computes_the_pytorch_path(mode, layout):
     """Every op, its autograd formula and the modules' wiring (drop path, re-parameterised blocks, the last
@@ -116,7 +111,6 @@ def test_fused_path_computes_the_pytorch_path(mode, layout):
         torch.testing.assert_close(grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-@KNOWN_GRAD_GAP
 def test_fused_ops_compile_fullgraph_with_dynamic_batch():
     """torch.compile sees each fused op (and its backward) as one node: one graph, no breaks, in training and
     fused inference, and a dynamic batch dimension (aot_eager: fake tensors and autograd, no code generation)."""

@@ -16,12 +16,14 @@ def linear_attention(qk: torch.Tensor, v: torch.Tensor, num_heads: int, elu: boo
     q, k = qk.chunk(2, dim=1)
     if elu:
         q, k = F.elu(q) + 1.0, F.elu(k) + 1.0
-    q = q.reshape(B, num_heads, head_dim, N).transpose(-1, -2)
-    k = k.reshape(B, num_heads, head_dim, N).transpose(-1, -2)
-    v = v.reshape(B, num_heads, head_dim, N).transpose(-1, -2)
-    z = 1.0 / (q @ k.mean(dim=2, keepdim=True).transpose(-1, -2) + 1e-6)
-    kv = (k.transpose(-1, -2) @ v) / N
-    return ((q @ kv) * z).transpose(-1, -2).reshape(B, C, H, W)
+    # Per head, in the (head_dim, N) layout that NCHW already is (channel c belongs to head
+    # c // head_dim): out^T = (v k^T / N) q / (mean_n(k)^T q + eps). Three batched matmuls, one
+    # transpose, a spatial mean and a division: ops that mobile runtimes (XNNPACK) run natively.
+    shape = (B * num_heads, head_dim, N)
+    k_mean = k.mean(dim=(2, 3), keepdim=True).reshape(B * num_heads, 1, head_dim)
+    q, k, v = q.reshape(shape), k.reshape(shape), v.reshape(shape)
+    kv = torch.bmm(v, k.transpose(1, 2)) * (1.0 / N)  # (B*h, hd, hd); a float scalar, as runtimes take it
+    return (torch.bmm(kv, q) / (torch.bmm(k_mean, q) + 1e-6)).reshape(B, C, H, W)
 
 
 def _depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

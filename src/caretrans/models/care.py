@@ -27,6 +27,7 @@ from timm.models._registry import generate_default_cfgs
 
 from .. import kernels as _kernels
 from ..kernels import fused as _fused
+from ..kernels import reference as _reference
 from ..limits import MIN_INPUT_SIZE
 from .checkpoint import CheckpointError, match_state_dict
 
@@ -235,24 +236,10 @@ class LinearAttention(nn.Module):
     kernels = 'auto'  # set by CareTransformer.set_kernels
     _fused_forward = torch.jit.unused(_fused.linear_attention)
 
-    def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return F.elu(x) + 1.0 if self.kernel == 'elu' else x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _use_kernels(self.kernels, x):
             return self._fused_forward(x)
-        B, C, H, W = x.shape
-        N = H * W
-        q, k = self.qk(x).chunk(2, dim=1)
-        q, k = self._feature_map(q), self._feature_map(k)
-        # Per head, in the (head_dim, N) layout that NCHW already is (channel c belongs to head
-        # c // head_dim): out^T = (v k^T / N) q / (mean_n(k)^T q + eps). Three batched matmuls, one
-        # transpose, a spatial mean and a division: ops that mobile runtimes (XNNPACK) run natively.
-        shape = (B * self.num_heads, self.head_dim, N)
-        k_mean = k.mean(dim=(2, 3), keepdim=True).reshape(B * self.num_heads, 1, self.head_dim)
-        q, k, v = q.reshape(shape), k.reshape(shape), x.reshape(shape)
-        kv = torch.bmm(v, k.transpose(1, 2)) * (1.0 / N)  # (B*h, hd, hd); a float scalar, as runtimes take it
-        out = (torch.bmm(kv, q) / (torch.bmm(k_mean, q) + 1e-6)).reshape(B, C, H, W)
+        out = _reference.linear_attention(self.qk(x), x, self.num_heads, self.kernel == 'elu')
         # Keep a channels-last input's layout, or every later layer of the stage falls back to NCHW.
         return out.contiguous(memory_format=torch.channels_last) if _channels_innermost(x) else out
 
