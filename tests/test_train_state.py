@@ -15,7 +15,7 @@ from caretrans.models.checkpoint import CheckpointError, save_atomic
 from caretrans.train.checkpointing import (
     capture_rng_state, load_training_state, restore_rng_state, save_training_state,
 )
-from caretrans.train.distributed import all_reduce_mean, cleanup_distributed, setup_distributed
+from caretrans.runtime.distributed import all_reduce_mean, cleanup_distributed, setup_distributed
 from caretrans.train.metrics import MetricsLogger
 
 

@@ -69,7 +69,7 @@ def run(args):
     from ..data.loader import build_transform, create_eval_loader, default_img_size
     from ..models import MIN_INPUT_SIZE
     from ..models.checkpoint import load_checkpoint
-    from ..train.distributed import DistributedContext
+    from ..runtime.distributed import DistributedContext
     from ..train.engine import evaluate
     from .common import check_at_least, check_model_names
 

@@ -15,7 +15,7 @@ from ..data.loader import SeededItems
 from ..models.checkpoint import CheckpointError, read_checkpoint, save_atomic
 from ..train.checkpointing import (GracefulStop, capture_rng_state, load_training_state, recipe_changes,
                                    restore_rng_state, save_training_state, stop_notice)
-from ..train.distributed import DistributedContext, all_reduce_mean, cleanup_distributed, setup_distributed
+from ..runtime.distributed import DistributedContext, all_reduce_mean, cleanup_distributed, setup_distributed
 from ..train.metrics import MetricsLogger
 from .recipe import DenseRecipe
 from .tasks import make_task

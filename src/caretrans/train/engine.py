@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .distributed import DistributedContext
+from ..runtime.distributed import DistributedContext
 
 __all__ = ['TrainingDiverged', 'EpochResult', 'train_one_epoch', 'evaluate']
 

@@ -22,7 +22,7 @@ from .checkpointing import (
     GracefulStop, capture_rng_state, load_training_state, recipe_changes, restore_rng_state, save_training_state,
     stop_notice,
 )
-from .distributed import DistributedContext, cleanup_distributed, setup_distributed
+from ..runtime.distributed import DistributedContext, cleanup_distributed, setup_distributed
 from .engine import TrainingDiverged, evaluate, train_one_epoch
 from .loss import DistillationLoss, base_criterion
 from .metrics import MetricsLogger

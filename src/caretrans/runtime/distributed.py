@@ -55,12 +55,14 @@ def all_reduce_mean(value, ctx: DistributedContext) -> float:
     return float(tensor) / ctx.world_size
 
 
+def is_primary_process() -> bool:
+    """Whether this process is rank 0 of its job (torchrun's RANK before the group is joined)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get('RANK', '0')) == 0
+
+
 def cleanup_distributed():
     """Leave the process group, if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def all_reduce_sum(value, ctx: DistributedContext) -> float:
-    """The sum of a number (or one-element tensor) over all ranks."""
-    return all_reduce_mean(value, ctx) * ctx.world_size

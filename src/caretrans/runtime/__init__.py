@@ -1,0 +1,1 @@
+"""What every training run shares, whatever its task: processes, checkpoints, signals, metrics, precision."""
