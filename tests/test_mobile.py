@@ -142,8 +142,9 @@ def test_export_cli_executorch_with_int8(tmp_path, capsys, monkeypatch):
     q = report['int8']
     assert q['output'] == str(tmp_path / 'm.int8.pte') and (tmp_path / 'm.int8.pte').is_file()
     assert q['runtime'] == 'ExecuTorch (XNNPACK)' and q['segments'] == 1 and q['portable'] == {}
-    delegated = q['delegated']  # every conv and the classifier read int8 weights
-    assert delegated['quantized_decomposed.dequantize_per_channel'] == delegated['convolution'] + delegated['linear']
+    delegated = q['delegated']  # every conv reads int8 weights; the classifier head stays float
+    assert delegated['quantized_decomposed.dequantize_per_channel'] == delegated['convolution']
+    assert delegated['linear'] == 1  # the classifier (head and head_dist fused into one), delegated in float
     x = torch.from_numpy(next(calibration_images('synthetic', 1, 32, 3)))
     with torch.no_grad():
         scale = model(x).abs().max().item()
