@@ -29,7 +29,7 @@ from .. import kernels as _kernels
 from ..kernels import fused as _fused
 from ..kernels import reference as _reference
 from ..limits import MIN_INPUT_SIZE
-from .checkpoint import CheckpointError, match_state_dict
+from .checkpoint import CheckpointError, loading_source, match_state_dict, unwrap_state_dict
 
 __all__ = ['CareTransformer', 'checkpoint_filter_fn', 'reparameterize', 'MIN_INPUT_SIZE']
 
@@ -811,44 +811,30 @@ _RELEASED_RENAMES = (
     (r'^dist_head\.', 'head_dist.'),
 )
 
-_WRAPPER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
+
+def rename_released(key: str) -> str:
+    """A released checkpoint's key in our module names (our own keys pass unchanged)."""
+    for pattern, repl in _RELEASED_RENAMES:
+        key = re.sub(pattern, repl, key)
+    return key
 
 
-def unwrap_state_dict(checkpoint) -> dict:
-    """Find the state dict inside a training checkpoint and strip DDP / compile prefixes."""
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f'expected a state dict, got a {type(checkpoint).__name__}')
-    for key in _WRAPPER_KEYS:
-        if isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-            break
-    out = {}
-    for k, v in checkpoint.items():
-        for prefix in ('module.', '_orig_mod.'):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
-
-
-def checkpoint_filter_fn(state_dict: dict, model: CareTransformer, source: str = 'checkpoint') -> dict:
+def checkpoint_filter_fn(state_dict: dict, model: CareTransformer, source: Optional[str] = None) -> dict:
     """Convert a released CARE checkpoint (or one of ours, possibly wrapped) to this model's names.
 
     The result is checked against the model: a checkpoint of another variant fails with a
     CheckpointError naming the keys; classifier weights of another class count are dropped.
+    `source` names the checkpoint in messages (load_checkpoint's file by default).
     """
-    try:
-        state_dict = unwrap_state_dict(state_dict)
-    except ValueError as e:
-        raise CheckpointError(f'{source}: {e}') from e
+    source = loading_source(source)
+    state_dict = unwrap_state_dict(state_dict, source)
     out = {}
     for k, v in state_dict.items():
         if not isinstance(v, torch.Tensor):
             raise CheckpointError(f'{source}: entry {k!r} is a {type(v).__name__}, not a tensor')
         if k.endswith('num_batches_tracked'):
             continue
-        for pattern, repl in _RELEASED_RENAMES:
-            k = re.sub(pattern, repl, k)
+        k = rename_released(k)
         if k.startswith('head_dist.') and model.head_dist is None:
             continue  # distillation=False keeps one head
         out[k] = v
@@ -857,6 +843,11 @@ def checkpoint_filter_fn(state_dict: dict, model: CareTransformer, source: str =
         out['stem.conv.weight'] = adapt_input_conv(model.in_chans, stem)
     head_keys = [f'{h}.fc.{p}' for h in ('head', 'head_dist') for p in ('weight', 'bias')]
     return match_state_dict(out, model, head_keys=head_keys, source=source)
+
+
+# A model's own filter: load_checkpoint converts a checkpoint with it when given none (timm keeps the
+# pretrained filter with the model's builder only).
+CareTransformer.checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
 
 def _create_care(variant: str, pretrained: bool = False, **kwargs) -> CareTransformer:
