@@ -38,7 +38,7 @@ def check_at_least(args, **minimums):
 
 def checkpoint_shape(checkpoint: Any, classifier: str = 'head.fc') -> Dict[str, int]:
     """num_classes (of its `classifier`) and in_chans (of its stem conv) of a read checkpoint, those it holds."""
-    from ..models.care import unwrap_state_dict
+    from ..models.checkpoint import unwrap_state_dict
 
     state_dict = unwrap_state_dict(checkpoint)
     out = {}
