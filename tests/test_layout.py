@@ -80,3 +80,8 @@ def test_no_import_cycles_between_caretrans_modules():
                    reason='the det/seg commands still live in dense/command.py, which imports cli.common')
 def test_only_the_command_line_imports_cli():
     assert _importers(import_graph(), 'caretrans.cli', outside='caretrans.cli') == ['caretrans.__main__']
+
+
+def test_only_the_command_line_imports_the_benchmarks():
+    importers = _importers(import_graph(), 'caretrans.bench', outside='caretrans.bench')
+    assert importers and all(m.startswith('caretrans.cli.') for m in importers), importers

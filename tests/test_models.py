@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import caretrans
-from caretrans.bench.profile import PAPER_FIGURES, count_macs, count_params
+from caretrans.bench.profile import PAPER_FIGURES
+from caretrans.models.complexity import count_macs, count_params
 from caretrans.cli import main as cli_main
 from caretrans.models import CheckpointError, load_checkpoint, save_atomic
 from reference_care import random_released_state_dict, reference_forward

@@ -166,7 +166,7 @@ def benchmark(models: Sequence[str], runtimes: Sequence[str], batch_size: int = 
     Each entry's logits are checked against eager's first; one that differs is reported
     (`outputs_match` False, with its `output_error`) and not timed."""
     from .gpu import DTYPES, example_input, prepare, sync
-    from .profile import count_macs, count_params
+    from ..models.complexity import count_macs, count_params
 
     torch.set_num_threads(threads)
     if 'executorch' in runtimes:
