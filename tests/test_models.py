@@ -11,7 +11,7 @@ import caretrans
 from caretrans.bench.profile import PAPER_FIGURES
 from caretrans.models.complexity import count_macs, count_params
 from caretrans.cli import main as cli_main
-from caretrans.models import CheckpointError, load_checkpoint, save_atomic
+from caretrans.models import CheckpointError, describe, load_checkpoint, save_atomic
 from reference_care import random_released_state_dict, reference_forward
 from released import authors_logits, released_keys
 
@@ -352,6 +352,26 @@ def test_non_finite_weights_are_named_at_load(tmp_path):
         load_checkpoint(timm.create_model('care_s0', num_classes=3), tmp_path / 'nan.safetensors')
     message = str(next(w.message for w in caught if 'NaN' in str(w.message)))
     assert 'stages.1.blocks.0.layer_scale' in message and 'head.fc.bias' in message
+
+
+def test_describe_says_what_a_checkpoint_holds(released_checkpoint, tmp_path):
+    released = describe(released_checkpoint())  # released names (stem.0), no model or recipe recorded
+    assert (released.model, released.num_classes, released.in_chans, released.img_size, released.recipe) == \
+        (None, 1000, 3, None, {})
+    run = tmp_path / 'run'
+    save_atomic(timm.create_model('care_s0', num_classes=7, in_chans=1).state_dict(), run / 'weights.safetensors')
+    (run / 'recipe.yaml').write_text('model: care_s0_sym\nimg_size: 32\ncrop_pct: 1.0\n')
+    ours = describe(run / 'weights.safetensors')  # the recipe of its run folder
+    assert (ours.model, ours.num_classes, ours.in_chans, ours.img_size) == ('care_s0_sym', 7, 1, 32)
+    assert ours.model_kwargs() == dict(num_classes=7, in_chans=1) and ours.recipe['crop_pct'] == 1.0
+    save_atomic({'model': timm.create_model('resnet18', num_classes=5, in_chans=2).state_dict(),
+                 'model_name': 'resnet18', 'recipe': dict(model='resnet18', img_size=64)}, tmp_path / 'last.pth')
+    other = describe(tmp_path / 'last.pth')  # another timm model: its own classifier and first conv
+    assert (other.model, other.num_classes, other.in_chans, other.img_size) == ('resnet18', 5, 2, 64)
+    assert describe(tmp_path / 'last.pth', model='care_s0').model_kwargs() == {}  # no head.fc, no stem.conv
+    torch.save(torch.zeros(3), tmp_path / 'tensor.pth')
+    with pytest.raises(CheckpointError, match='tensor.pth: expected a state dict, got a Tensor'):
+        describe(tmp_path / 'tensor.pth')
 
 
 class _Exploit:
