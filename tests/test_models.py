@@ -11,7 +11,8 @@ import caretrans
 from caretrans.bench.profile import PAPER_FIGURES
 from caretrans.models.complexity import count_macs, count_params
 from caretrans.cli import main as cli_main
-from caretrans.models import CheckpointError, describe, load_checkpoint, save_atomic
+from caretrans.models import CheckpointError, checkpoint_filter_fn, describe, load_checkpoint, save_atomic
+from caretrans.models.checkpoint import filter_state_dict
 from reference_care import random_released_state_dict, reference_forward
 from released import authors_logits, released_keys
 
@@ -270,6 +271,24 @@ def test_wrapped_released_checkpoints(released_checkpoint, tmp_path, wrap):
     for m in (_pretrained('care_s0', path), load_checkpoint(timm.create_model('care_s0'), path)):
         with torch.no_grad():
             assert (m.eval()(expected['input']) - expected['logits']).abs().max() < 1e-4
+
+
+def test_load_checkpoint_converts_with_the_filter_given_else_the_models_own(released_checkpoint):
+    path = released_checkpoint()
+    calls = []
+
+    def spy(checkpoint, model):
+        calls.append(model)
+        return checkpoint_filter_fn(checkpoint, model)
+
+    model = load_checkpoint(timm.create_model('care_s0'), path, filter_fn=spy).eval()
+    assert calls == [model]
+    expected = authors_logits('care_s0')
+    with torch.no_grad():
+        assert (model(expected['input']) - expected['logits']).abs().max() < 1e-4
+    # A filter that does not know the released names: every released key is unexpected, named with the file.
+    with pytest.raises(CheckpointError, match=f'{path.name} does not match care_s0.*unexpected key.*dist_head'):
+        load_checkpoint(timm.create_model('care_s0'), path, filter_fn=filter_state_dict)
 
 
 def test_own_checkpoints_roundtrip(tmp_path):

@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Unio
 import torch
 import torch.nn as nn
 
-__all__ = ['CheckpointError', 'read_checkpoint', 'unwrap_state_dict', 'match_state_dict', 'load_checkpoint',
-           'save_atomic', 'atomic_file']
+__all__ = ['CheckpointError', 'read_checkpoint', 'unwrap_state_dict', 'match_state_dict', 'filter_state_dict',
+           'load_checkpoint', 'save_atomic', 'atomic_file']
 
 PathLike = Union[str, os.PathLike]
 # A timm pretrained filter: filter_fn(checkpoint, model) -> the state dict to load.
