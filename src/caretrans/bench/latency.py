@@ -28,9 +28,8 @@ PAPER_TOP1 = {
 }
 REFERENCE = ('care_s0', 'fused')
 # Before timing, each entry's logits must match eager's to this fraction of the largest eager logit
-# (relative to the scale: untrained peers reach logits of 1e14, where float rounding alone is 1e7).
-# Largest output error (relative to the largest eager logit) of an entry that is timed, by the
-# PyTorch runtime's dtype: half precision (and torch.compile in it) rounds differently.
+# (relative to the scale: untrained peers reach logits of 1e14, where float rounding alone is 1e7),
+# by the PyTorch runtime's dtype: half precision (and torch.compile in it) rounds differently.
 OUTPUT_RTOL = {'float32': 1e-4, 'float16': 1e-2, 'bfloat16': 5e-2}
 
 
