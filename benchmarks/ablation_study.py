@@ -206,7 +206,7 @@ def main():
     runs = train_runs(args, recipe, models)
     latency = latency_ratios(models, args.latency_rounds, args.threads)
 
-    from caretrans.bench.profile import count_params
+    from caretrans.models.complexity import count_params
     import timm
     rows = []
     for tab, label, name, _, options, paper in STUDY:

@@ -17,7 +17,8 @@ import timm
 import torch
 
 import caretrans  # noqa: F401  (registers the CARE models)
-from caretrans.bench.profile import PAPER_FIGURES, count_macs
+from caretrans.bench.profile import PAPER_FIGURES
+from caretrans.models.complexity import count_macs
 
 MODELS = ['care_s0', 'care_s1', 'care_s2', 'resnet18', 'resnet50', 'poolformer_s12']
 # Table 2's backbone GMACs at 512 for the baselines (the CARE ones are in PAPER_FIGURES).

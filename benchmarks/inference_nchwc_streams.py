@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from caretrans.bench.latency import create_model, time_interleaved
 from caretrans.export.convert import export_onnx, onnx_session
+from caretrans.models import reparameterize
 from caretrans.models.care import LongRangeConv
 
 BLOCK = 16  # ONNX Runtime's NCHWc block on AVX-512
@@ -187,8 +188,7 @@ def main():
                 module.weight.normal_(1, 0.2), module.bias.normal_(0, 0.2)
             elif getattr(module, 'layer_scale', None) is not None:
                 module.layer_scale.normal_(0, 0.3)
-    fused = copy.deepcopy(unfused)
-    fused.reparameterize()
+    fused = reparameterize(copy.deepcopy(unfused))
     models = {'care_s0 unfused': unfused, 'care_s0 fused': fused, 'care_s0 streams': StreamModel(fused).eval(),
               'fastvit_t8 reparam': create_model('fastvit_t8', fused=True)}
     x = torch.randn(1, 3, 224, 224)

@@ -9,10 +9,11 @@ import torch
 
 import caretrans
 from caretrans.bench import profile
-from caretrans.bench.profile import ABLATION_ROWS, count_macs, count_params
+from caretrans.bench.profile import ABLATION_ROWS
 from caretrans.cli import main as cli_main
 from caretrans.export import export_model
 from caretrans.models.care import ABLATIONS, LinearAttention, StackedMixer, default_head_dims
+from caretrans.models.complexity import count_macs, count_params
 from caretrans.train.recipe import Recipe
 from caretrans.train.trainer import train
 from test_reparam import _max_diff, _randomised

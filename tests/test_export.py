@@ -104,6 +104,30 @@ def test_export_cli_with_a_checkpoint(tmp_path, capsys):
     assert '--int8 quantises the ONNX or ExecuTorch export' in capsys.readouterr().err
 
 
+def test_export_and_validate_take_model_classes_and_channels_from_the_checkpoint(tmp_path, capsys):
+    """Neither command needs --model, --num-classes or --in-chans for a checkpoint that records them."""
+    torch.manual_seed(0)
+    name = 'care_s0_no_inter2'  # not the default care_s0: the recorded name must be used
+    gray = timm.create_model(name, num_classes=7, in_chans=1).eval()
+    caretrans.save_atomic({'state_dict': gray.state_dict(), 'model_name': name, 'epoch': 3}, tmp_path / 'best.pth')
+    out = tmp_path / 'gray.onnx'
+    assert cli_main(['export', '--checkpoint', str(tmp_path / 'best.pth'), '--format', 'onnx', '--img-size', '32',
+                     '--output', str(out), '--json']) == 0
+    assert json.loads(capsys.readouterr().out)['model'] == name
+    x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = gray(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(onnx_session(out, threads=1).run(None, {'image': x})[0], expected, atol=1e-4)
+
+    rgb = timm.create_model(name, num_classes=10)  # synthetic data: 10 classes, 3 channels
+    recipe = dict(model=name, img_size=32, crop_pct=1.0)  # inside the checkpoint; no recipe.yaml beside it
+    caretrans.save_atomic({'model': rgb.state_dict(), 'model_name': name, 'recipe': recipe}, tmp_path / 'last.pth')
+    assert cli_main(['validate', '--checkpoint', str(tmp_path / 'last.pth'), '--data', 'synthetic', '-j', '0',
+                     '--json']) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report['model'], report['img_size'], report['crop_pct'], report['count']) == (name, 32, 1.0, 64)
+
+
 def test_export_of_non_finite_weights_fails_and_leaves_nothing(tmp_path, capsys):
     model = timm.create_model('care_s0', num_classes=10)
     sd = dict(model.state_dict())

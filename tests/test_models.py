@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 
 import caretrans
-from caretrans.bench.profile import PAPER_FIGURES, count_macs, count_params
+from caretrans.bench.profile import PAPER_FIGURES
+from caretrans.models.complexity import count_macs, count_params
 from caretrans.cli import main as cli_main
-from caretrans.models import CheckpointError, load_checkpoint, save_atomic
+from caretrans.models import CheckpointError, checkpoint_filter_fn, describe, load_checkpoint, save_atomic
+from caretrans.models.checkpoint import filter_state_dict
 from reference_care import random_released_state_dict, reference_forward
 from released import authors_logits, released_keys
 
@@ -271,6 +273,24 @@ def test_wrapped_released_checkpoints(released_checkpoint, tmp_path, wrap):
             assert (m.eval()(expected['input']) - expected['logits']).abs().max() < 1e-4
 
 
+def test_load_checkpoint_converts_with_the_filter_given_else_the_models_own(released_checkpoint):
+    path = released_checkpoint()
+    calls = []
+
+    def spy(checkpoint, model):
+        calls.append(model)
+        return checkpoint_filter_fn(checkpoint, model)
+
+    model = load_checkpoint(timm.create_model('care_s0'), path, filter_fn=spy).eval()
+    assert calls == [model]
+    expected = authors_logits('care_s0')
+    with torch.no_grad():
+        assert (model(expected['input']) - expected['logits']).abs().max() < 1e-4
+    # A filter that does not know the released names: every released key is unexpected, named with the file.
+    with pytest.raises(CheckpointError, match=f'{path.name} does not match care_s0.*unexpected key.*dist_head'):
+        load_checkpoint(timm.create_model('care_s0'), path, filter_fn=filter_state_dict)
+
+
 def test_own_checkpoints_roundtrip(tmp_path):
     torch.manual_seed(0)
     src = timm.create_model('care_s0', num_classes=3).eval()
@@ -351,6 +371,26 @@ def test_non_finite_weights_are_named_at_load(tmp_path):
         load_checkpoint(timm.create_model('care_s0', num_classes=3), tmp_path / 'nan.safetensors')
     message = str(next(w.message for w in caught if 'NaN' in str(w.message)))
     assert 'stages.1.blocks.0.layer_scale' in message and 'head.fc.bias' in message
+
+
+def test_describe_says_what_a_checkpoint_holds(released_checkpoint, tmp_path):
+    released = describe(released_checkpoint())  # released names (stem.0), no model or recipe recorded
+    assert (released.model, released.num_classes, released.in_chans, released.img_size, released.recipe) == \
+        (None, 1000, 3, None, {})
+    run = tmp_path / 'run'
+    save_atomic(timm.create_model('care_s0', num_classes=7, in_chans=1).state_dict(), run / 'weights.safetensors')
+    (run / 'recipe.yaml').write_text('model: care_s0_sym\nimg_size: 32\ncrop_pct: 1.0\n')
+    ours = describe(run / 'weights.safetensors')  # the recipe of its run folder
+    assert (ours.model, ours.num_classes, ours.in_chans, ours.img_size) == ('care_s0_sym', 7, 1, 32)
+    assert ours.model_kwargs() == dict(num_classes=7, in_chans=1) and ours.recipe['crop_pct'] == 1.0
+    save_atomic({'model': timm.create_model('resnet18', num_classes=5, in_chans=2).state_dict(),
+                 'model_name': 'resnet18', 'recipe': dict(model='resnet18', img_size=64)}, tmp_path / 'last.pth')
+    other = describe(tmp_path / 'last.pth')  # another timm model: its own classifier and first conv
+    assert (other.model, other.num_classes, other.in_chans, other.img_size) == ('resnet18', 5, 2, 64)
+    assert describe(tmp_path / 'last.pth', model='care_s0').model_kwargs() == {}  # no head.fc, no stem.conv
+    torch.save(torch.zeros(3), tmp_path / 'tensor.pth')
+    with pytest.raises(CheckpointError, match='tensor.pth: expected a state dict, got a Tensor'):
+        describe(tmp_path / 'tensor.pth')
 
 
 class _Exploit:

@@ -6,7 +6,7 @@ import timm
 import torch
 
 import caretrans
-from caretrans.models.care import CareHead
+from caretrans.models.care import CareBlock, CareHead, CareTransformer, Downsample, Interaction, Stem
 from released import authors_logits
 
 VARIANTS = ['care_s0', 'care_s1', 'care_s2']
@@ -113,3 +113,18 @@ def test_fused_model_is_for_inference_only():
     fused.train()
     with pytest.raises(RuntimeError, match='cannot be trained'):
         fused(torch.randn(2, 3, 64, 64))
+
+
+def test_reparameterize_visits_each_module_once(monkeypatch):
+    """One walk: each module fuses what it owns, once (no block re-fusing its units, no second walk)."""
+    calls = []
+    for cls in (CareTransformer, CareBlock, Stem, Downsample, Interaction):
+        def spy(self, _fuse=cls.reparameterize):
+            calls.append(self)
+            return _fuse(self)
+        monkeypatch.setattr(cls, 'reparameterize', spy)
+    model = _randomised('care_s0', depths=(1, 1, 1, 1))
+    fused = caretrans.reparameterize(copy.deepcopy(model))
+    owners = [m for m in fused.modules() if isinstance(m, (CareTransformer, CareBlock, Stem, Downsample, Interaction))]
+    assert len(owners) == 1 + 4 + 1 + 3 + 8 and sorted(map(id, calls)) == sorted(map(id, owners))
+    assert _max_diff(model, fused, torch.randn(2, 3, 64, 64)) < 1e-4

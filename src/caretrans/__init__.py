@@ -11,11 +11,12 @@ import importlib.util
 import sys
 
 __version__ = '0.1.0'
-__all__ = ['CareTransformer', 'CheckpointError', 'checkpoint_filter_fn', 'load_checkpoint', 'save_atomic']
+__all__ = ['CareTransformer', 'CheckpointError', 'checkpoint_filter_fn', 'describe', 'load_checkpoint',
+           'reparameterize', 'save_atomic']
 
 # Public names, imported from .models on first use (PEP 562).
-_MODEL_EXPORTS = set(__all__) | {'reparameterize'}  # reparameterize: inference fusion, docs/performance.md
-_SUBPACKAGES = {'bench', 'cli', 'data', 'dense', 'export', 'models', 'train'}
+_MODEL_EXPORTS = set(__all__)
+_SUBPACKAGES = {'bench', 'cli', 'data', 'dense', 'export', 'models', 'runtime', 'train'}
 
 
 def __getattr__(name):

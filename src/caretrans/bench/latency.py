@@ -28,9 +28,8 @@ PAPER_TOP1 = {
 }
 REFERENCE = ('care_s0', 'fused')
 # Before timing, each entry's logits must match eager's to this fraction of the largest eager logit
-# (relative to the scale: untrained peers reach logits of 1e14, where float rounding alone is 1e7).
-# Largest output error (relative to the largest eager logit) of an entry that is timed, by the
-# PyTorch runtime's dtype: half precision (and torch.compile in it) rounds differently.
+# (relative to the scale: untrained peers reach logits of 1e14, where float rounding alone is 1e7),
+# by the PyTorch runtime's dtype: half precision (and torch.compile in it) rounds differently.
 OUTPUT_RTOL = {'float32': 1e-4, 'float16': 1e-2, 'bfloat16': 5e-2}
 
 
@@ -166,7 +165,7 @@ def benchmark(models: Sequence[str], runtimes: Sequence[str], batch_size: int = 
     Each entry's logits are checked against eager's first; one that differs is reported
     (`outputs_match` False, with its `output_error`) and not timed."""
     from .gpu import DTYPES, example_input, prepare, sync
-    from .profile import count_macs, count_params
+    from ..models.complexity import count_macs, count_params
 
     torch.set_num_threads(threads)
     if 'executorch' in runtimes:

@@ -1,11 +1,11 @@
-"""Parameters and MACs (fvcore) of CARE models beside the paper's figures (Tables 2-5)."""
+"""Parameters and MACs of CARE models beside the paper's figures (Tables 2-5)."""
 import functools
-import warnings
 from typing import Dict, List, Optional, Tuple
 
 import timm
-import torch
 import torch.nn as nn
+
+from ..models.complexity import count_macs, count_params
 
 # Paper figures: Table 5 (params incl. distillation head, GMACs at 224) and Table 2
 # (backbone GMACs at 512x512, forward_features only).
@@ -36,36 +36,6 @@ ABLATION_ROWS = (
     ('Table 5', 'care_s2_early_attn', 19.48, 1.93, 2),
     ('Table 5', 'care_s2_single_local', 19.43, 1.92, 2),
 )
-
-
-class _Features(nn.Module):
-    """Wraps a timm model so that tracing counts forward_features only."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model.forward_features(x)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, img_size: int = 224, in_chans: int = 3, features_only: bool = False) -> int:
-    """Multiply-accumulates of one image, counted by fvcore (its 'flops' are MACs)."""
-    with warnings.catch_warnings():  # fvcore scripts a loss at import, which torch deprecates
-        warnings.simplefilter('ignore', FutureWarning)
-        from fvcore.nn import FlopCountAnalysis  # the 'profile' extra: the core install does without it
-
-    model = model.eval()
-    target = _Features(model) if features_only else model
-    with torch.no_grad():
-        analysis = FlopCountAnalysis(target, torch.zeros(1, in_chans, img_size, img_size))
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
-        return int(analysis.total())
 
 
 def profile_model(name: str, img_size: int = 224, backbone_img_size: int = 512,

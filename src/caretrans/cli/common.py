@@ -1,7 +1,7 @@
 """Helpers shared by the sub-commands."""
 import difflib
 import os
-from typing import Any, Dict, Iterable
+from typing import Iterable
 
 
 def check_model_names(names: Iterable[str]):
@@ -34,18 +34,3 @@ def check_at_least(args, **minimums):
         value = getattr(args, option)
         if value is not None and value < minimum:
             raise ValueError(f'--{option.replace("_", "-")} {value}: expected at least {minimum}')
-
-
-def checkpoint_shape(checkpoint: Any, classifier: str = 'head.fc') -> Dict[str, int]:
-    """num_classes (of its `classifier`) and in_chans (of its stem conv) of a read checkpoint, those it holds."""
-    from ..models.care import unwrap_state_dict
-
-    state_dict = unwrap_state_dict(checkpoint)
-    out = {}
-    head = state_dict.get(f'{classifier}.weight')
-    if head is not None:
-        out['num_classes'] = head.shape[0]
-    stem = state_dict.get('stem.conv.weight', state_dict.get('stem.0.weight'))
-    if stem is not None and stem.ndim == 4:
-        out['in_chans'] = stem.shape[1]
-    return out

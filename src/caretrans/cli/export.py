@@ -5,7 +5,7 @@ import json
 
 def add_parser(subparsers):
     p = subparsers.add_parser('export', help='export a fused model and check it against PyTorch')
-    p.add_argument('--model', default='care_s0')
+    p.add_argument('--model', help='timm model name (default: the one recorded in the checkpoint, else care_s0)')
     p.add_argument('--checkpoint', metavar='FILE', help='weights (ours or released; class count and input '
                    'channels are read from it)')
     p.add_argument('--format', required=True, choices=['onnx', 'torchscript', 'coreml', 'executorch'])
@@ -36,16 +36,15 @@ def add_parser(subparsers):
     p.set_defaults(func=run)
 
 
-def _build(args):
+def _build(args, info):
+    """The model of --model (or of the checkpoint) with the checkpoint's class count, channels and weights."""
     import timm
 
-    from ..models import load_checkpoint, read_checkpoint, reparameterize
-    from .common import checkpoint_shape
+    from ..models import load_checkpoint, reparameterize
 
-    kwargs = checkpoint_shape(read_checkpoint(args.checkpoint)) if args.checkpoint else {}
-    model = timm.create_model(args.model, **kwargs)
-    if args.checkpoint:
-        load_checkpoint(model, args.checkpoint)
+    model = timm.create_model(args.model, **(info.model_kwargs() if info else {}))
+    if info:
+        load_checkpoint(model, info.path)
     model.eval()
     return reparameterize(model) if args.reparameterize else model
 
@@ -181,9 +180,12 @@ def _print(args, report):
 
 def run(args):
     from ..export.convert import check_export_request
+    from ..models import describe
     from .common import check_at_least, check_model_names
 
     # Everything that would fail is refused before the model is built.
+    info = describe(args.checkpoint, model=args.model) if args.checkpoint else None
+    args.model = (info.model if info else args.model) or 'care_s0'
     check_model_names([args.model])
     if args.int8 and args.format not in ('onnx', 'executorch'):
         raise ValueError('--int8 quantises the ONNX or ExecuTorch export: use it with --format onnx or executorch')
@@ -193,7 +195,7 @@ def run(args):
     if not 0 < args.crop_pct <= 1:
         raise ValueError(f'--crop-pct {args.crop_pct}: expected a fraction in (0, 1]')
     check_export_request(args.format, args.output, args.img_size, args.dynamic_batch)
-    model = _build(args)
+    model = _build(args, info)
     report = _export(args, model)
     report.update(model=args.model, checkpoint=args.checkpoint, reparameterized=args.reparameterize)
     if args.int8:

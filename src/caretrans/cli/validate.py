@@ -4,7 +4,7 @@ import json
 
 def add_parser(subparsers):
     p = subparsers.add_parser('validate', help='top-1/top-5/loss of a checkpoint (ours or released-format)')
-    p.add_argument('--model', '-m', default='care_s0', help='timm model name (default care_s0)')
+    p.add_argument('--model', '-m', help='timm model name (default: the one recorded in the checkpoint, else care_s0)')
     p.add_argument('--checkpoint', required=True, help='our best.pth / last.pth, a released .pth.tar, or safetensors')
     p.add_argument('--data', required=True, help="'fashion-mnist', 'synthetic' or a folder with a val/ sub-folder")
     p.add_argument('--split', default='val', choices=['train', 'val'])
@@ -26,33 +26,18 @@ def add_parser(subparsers):
     p.set_defaults(func=run)
 
 
-def _recorded_recipe(checkpoint_path):
-    """The recipe.yaml saved beside one of our checkpoints, if any."""
-    from pathlib import Path
-
-    import yaml
-
-    beside = Path(checkpoint_path).parent / 'recipe.yaml'
-    return yaml.safe_load(beside.read_text()) if beside.is_file() else {}
-
-
 def _first_given(*values):
     """The first value that is not None (0 is a value: `a or b` would skip it)."""
     return next(v for v in values if v is not None)
 
 
-def _refuse_other_head(checkpoint_path, model, origin: str):
+def _refuse_other_head(info, num_classes: int, origin: str):
     """A checkpoint whose classifier has another class count than the model would leave the model's
     head at its random initialisation (load_checkpoint only warns, for fine-tuning): refuse it."""
-    from ..models.checkpoint import read_checkpoint
-    from .common import checkpoint_shape
-
-    classifier = model.pretrained_cfg.get('classifier') or 'head.fc'
-    classifier = classifier if isinstance(classifier, str) else classifier[0]
-    classes = checkpoint_shape(read_checkpoint(checkpoint_path), classifier).get('num_classes')
-    if classes is not None and classes != model.num_classes:
+    classes = info.num_classes
+    if classes is not None and classes != num_classes:
         raise ValueError(
-            f'{checkpoint_path} classifies {classes} classes but the model has {model.num_classes} ({origin}): '
+            f'{info.path} classifies {classes} classes but the model has {num_classes} ({origin}): '
             f'validating it would score an untrained head. Use data with {classes} classes, or --num-classes '
             f'{classes} if the labels are among the checkpoint\'s classes')
 
@@ -67,49 +52,50 @@ def run(args):
 
     from ..data import create_dataset, dataset_info, read_class_map, recorded_classes
     from ..data.loader import build_transform, create_eval_loader, default_img_size
-    from ..models import MIN_INPUT_SIZE
-    from ..models.checkpoint import load_checkpoint
+    from ..models import MIN_INPUT_SIZE, describe, load_checkpoint
     from ..runtime.distributed import DistributedContext
     from ..train.engine import evaluate
     from .common import check_at_least, check_model_names
 
-    check_model_names([args.model])
     check_at_least(args, img_size=MIN_INPUT_SIZE, num_classes=1, in_chans=1, batch_size=1, workers=0)
     if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
         raise ValueError(f'--crop-pct {args.crop_pct}: expected a fraction in (0, 1]')
-    recorded = _recorded_recipe(args.checkpoint)
+    info = describe(args.checkpoint, model=args.model)
+    model_name = info.model or 'care_s0'
+    check_model_names([model_name])
+    recorded = info.recipe
     classes = read_class_map(args.class_map) if args.class_map else recorded_classes(Path(args.checkpoint).parent)
     dataset = create_dataset(args.data, args.split, classes=classes)
-    info = dataset_info(dataset)
-    img_size = _first_given(args.img_size, recorded.get('img_size'), default_img_size(info['native_size']))
+    data = dataset_info(dataset)
+    img_size = _first_given(args.img_size, info.img_size, default_img_size(data['native_size']))
     crop_pct = _first_given(args.crop_pct, recorded.get('crop_pct'), 0.875)
-    num_classes = _first_given(args.num_classes, info['num_classes'])
-    in_chans = _first_given(args.in_chans, recorded.get('in_chans'), info['in_chans'])
+    num_classes = _first_given(args.num_classes, data['num_classes'])
+    in_chans = _first_given(args.in_chans, recorded.get('in_chans'), data['in_chans'])
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
 
-    model = timm.create_model(args.model, num_classes=num_classes, in_chans=in_chans)
-    _refuse_other_head(args.checkpoint, model, '--num-classes' if args.num_classes is not None
+    _refuse_other_head(info, num_classes, '--num-classes' if args.num_classes is not None
                        else f'those of {args.data} {args.split}')
+    model = timm.create_model(model_name, num_classes=num_classes, in_chans=in_chans)
     load_checkpoint(model, args.checkpoint)
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.compile:
         model = torch.compile(model)
-    dataset.transform = build_transform(False, img_size, info['mean'], info['std'], crop_pct=crop_pct,
+    dataset.transform = build_transform(False, img_size, data['mean'], data['std'], crop_pct=crop_pct,
                                         interpolation=args.interpolation)
     autocast = (functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
                 if args.amp else contextlib.nullcontext)
     result = evaluate(model, create_eval_loader(dataset, args.batch_size, workers=args.workers),
                       DistributedContext(0, 1, 0, device), autocast, args.channels_last)
-    result.update(model=args.model, checkpoint=str(args.checkpoint), data=args.data, split=args.split,
+    result.update(model=model_name, checkpoint=str(args.checkpoint), data=args.data, split=args.split,
                   img_size=img_size, crop_pct=crop_pct, interpolation=args.interpolation)
     if getattr(dataset, 'num_bad_images', 0):
         result['bad_images'] = dataset.num_bad_images
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f'{args.model} {args.checkpoint} on {args.data} {args.split} ({result["count"]} images, '
+        print(f'{model_name} {args.checkpoint} on {args.data} {args.split} ({result["count"]} images, '
               f'{img_size}px, crop {crop_pct}, {args.interpolation}): top-1 {result["top1"]:.2f}%, '
               f'top-5 {result["top5"]:.2f}%, loss {result["loss"]:.4f}'
               + (f'; {result["bad_images"]} unreadable image(s) left out' if 'bad_images' in result else ''))

@@ -19,20 +19,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx._symbolic_trace import is_fx_tracing
 from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
-from timm.models._manipulate import adapt_input_conv
-from timm.models import build_model_with_cfg, register_model, reparameterize_model
+from timm.models import build_model_with_cfg, register_model
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.models._manipulate import adapt_input_conv, checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
 from .. import kernels as _kernels
 from ..kernels import fused as _fused
 from ..kernels import reference as _reference
 from ..limits import MIN_INPUT_SIZE
-from .checkpoint import CheckpointError, match_state_dict
+from .checkpoint import CheckpointError, loading_source, match_state_dict, unwrap_state_dict
+from .fusion import check_eval, conv_with_weights, fold_batchnorm
 
-__all__ = ['CareTransformer', 'checkpoint_filter_fn', 'reparameterize', 'MIN_INPUT_SIZE']
-
+__all__ = ['CareTransformer', 'checkpoint_filter_fn', 'MIN_INPUT_SIZE']
 
 
 # The CPU fast paths below branch on strides and map sizes. Graph capture must not see those
@@ -108,38 +107,6 @@ class DepthwiseConv(nn.Conv2d):
         return F.conv2d(x, weight, self.bias, padding=(ch // 2, cw // 2), groups=self.groups)
 
 
-# ---------------------------------------------------------------- inference re-parameterisation
-# Every fusion below is exact in eval mode: BatchNorm uses its running statistics, dropout and
-# drop-path are identities, so the fused model computes the same function with fewer ops.
-
-def _conv_like(weight: torch.Tensor, bias: torch.Tensor, stride=1) -> nn.Conv2d:
-    """A dense Conv2d holding the given weight and bias (their shapes define channels and kernel)."""
-    if weight.shape[2:] == (1, 1) and stride in (1, (1, 1)):
-        conv = PointwiseConv(weight.shape[1], weight.shape[0])
-    else:
-        conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), stride=stride)
-    conv.weight = nn.Parameter(weight.detach().clone())
-    conv.bias = nn.Parameter(bias.detach().clone())
-    return conv
-
-
-def _bn_scale_shift(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
-    """BatchNorm in eval mode as y = scale * x + shift, per channel."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return scale, bn.bias - bn.running_mean * scale
-
-
-def _fold_bn_into_next_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
-    """conv(bn(x)) as one conv: exact because the conv is dense and pads nothing (padding would see
-    zeros where the un-fused conv sees bn's shift)."""
-    if conv.groups != 1 or any(conv.padding):
-        raise ValueError('a BatchNorm folds into the following conv only if that conv is dense and unpadded')
-    scale, shift = _bn_scale_shift(bn)
-    weight = conv.weight * scale.view(1, -1, 1, 1)
-    bias = conv.bias + (conv.weight * shift.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
-    return _conv_like(weight, bias, stride=conv.stride)
-
-
 @torch.jit.unused
 def check_input(x: torch.Tensor, in_chans: int, training: bool = False) -> None:
     """Raise a ValueError naming what is wrong with an input batch for a CARE model."""
@@ -161,12 +128,6 @@ def check_input(x: torch.Tensor, in_chans: int, training: bool = False) -> None:
             'cannot normalise in training mode; use a batch of 2 or more, a larger input, or eval mode')
 
 
-def _check_eval(module: nn.Module):
-    if module.training:
-        raise RuntimeError('re-parameterisation folds BatchNorm running statistics and is for inference: '
-                           'call model.eval() first')
-
-
 class Stem(nn.Module):
     """Patchify stem: 4x4 stride-4 conv followed by BatchNorm; it checks the input batch first."""
 
@@ -182,10 +143,7 @@ class Stem(nn.Module):
 
     def reparameterize(self):
         """Fold the BatchNorm into the conv."""
-        if isinstance(self.norm, nn.BatchNorm2d):
-            _check_eval(self)
-            self.conv = torch.nn.utils.fusion.fuse_conv_bn_eval(self.conv, self.norm)
-            self.norm = nn.Identity()
+        fold_batchnorm(self, 'conv')
 
 
 class Downsample(nn.Module):
@@ -201,10 +159,7 @@ class Downsample(nn.Module):
 
     def reparameterize(self):
         """Fold the BatchNorm into the (unpadded) conv that follows it."""
-        if isinstance(self.norm, nn.BatchNorm2d):
-            _check_eval(self)
-            self.conv = _fold_bn_into_next_conv(self.norm, self.conv)
-            self.norm = nn.Identity()
+        fold_batchnorm(self, 'conv', norm_first=True)
 
 
 class LongRangeConv(nn.Module):
@@ -321,10 +276,7 @@ class Interaction(nn.Module):
 
     def reparameterize(self):
         """Fold the pre-norm BatchNorm into the 1x1 expansion."""
-        if isinstance(self.norm, nn.BatchNorm2d):
-            _check_eval(self)
-            self.fc1 = _fold_bn_into_next_conv(self.norm, self.fc1)
-            self.norm = nn.Identity()
+        fold_batchnorm(self, 'fc1', norm_first=True)
 
 
 # Structure options of the paper's ablations (Tables 3-5); the first of each is the released model.
@@ -466,21 +418,18 @@ class CareBlock(nn.Module):
             raise RuntimeError('this block is re-parameterised for inference and cannot be trained')
 
     def reparameterize(self):
-        """Fold the interaction units' BatchNorms into their 1x1 convs and the layer scale into inter2.fc2.
+        """Fold the layer scale into inter2.fc2 (the interaction units fold their own BatchNorms).
 
         The token mixer's convs stay apart: merging them into one depthwise conv (11x11 cross plus
         padded 3x3 and 7x7) costs more MACs than the ops it saves (docs/performance.md).
         """
         if self.reparameterized:
             return
-        _check_eval(self)
-        for unit in (self.inter1, self.inter2):
-            if unit is not None:
-                unit.reparameterize()
+        check_eval(self)
         if self.layer_scale is not None and self.inter2 is not None:
             scale = self.layer_scale.detach()
             fc2 = self.inter2.fc2
-            self.inter2.fc2 = _conv_like(fc2.weight * scale.view(-1, 1, 1, 1), fc2.bias * scale)
+            self.inter2.fc2 = conv_with_weights(fc2, fc2.weight * scale.view(-1, 1, 1, 1), fc2.bias * scale)
         self.reparameterized = True
 
 
@@ -698,10 +647,8 @@ class CareTransformer(nn.Module):
         self.distilled_training = enable and self.head_dist is not None
 
     def reparameterize(self):
-        """Fuse the whole model for inference, in place: BatchNorms and layer scales into convs
-        (each module's `reparameterize`), and the two heads into one."""
-        _check_eval(self)
-        reparameterize_model(self, inplace=True)  # timm's walker calls each child's reparameterize()
+        """Merge the two heads into one (caretrans.reparameterize fuses the rest, module by module)."""
+        check_eval(self)
         if self.head_dist is not None and self.num_classes > 0:
             self.head = CareHead.merged(self.head, self.head_dist)
             self.head_dist = None
@@ -781,16 +728,6 @@ class CareTransformer(nn.Module):
         return take_indices
 
 
-def reparameterize(model: nn.Module) -> nn.Module:
-    """Fuse a CARE model (or any model holding CARE or other timm re-parameterisable modules) for
-    inference, in place. It is put in eval mode and computes what it computed before; it cannot
-    be trained afterwards."""
-    model.eval()
-    if hasattr(model, 'reparameterize'):
-        model.reparameterize()
-    return reparameterize_model(model, inplace=True)
-
-
 # Released module names -> ours. The release names the heads `dist_head`, the layer scale
 # `gamma` and the interaction units `inter_layer.inter{1,2}_*`.
 _RELEASED_RENAMES = (
@@ -811,44 +748,30 @@ _RELEASED_RENAMES = (
     (r'^dist_head\.', 'head_dist.'),
 )
 
-_WRAPPER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
+
+def rename_released(key: str) -> str:
+    """A released checkpoint's key in our module names (our own keys pass unchanged)."""
+    for pattern, repl in _RELEASED_RENAMES:
+        key = re.sub(pattern, repl, key)
+    return key
 
 
-def unwrap_state_dict(checkpoint) -> dict:
-    """Find the state dict inside a training checkpoint and strip DDP / compile prefixes."""
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f'expected a state dict, got a {type(checkpoint).__name__}')
-    for key in _WRAPPER_KEYS:
-        if isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-            break
-    out = {}
-    for k, v in checkpoint.items():
-        for prefix in ('module.', '_orig_mod.'):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
-
-
-def checkpoint_filter_fn(state_dict: dict, model: CareTransformer, source: str = 'checkpoint') -> dict:
+def checkpoint_filter_fn(state_dict: dict, model: CareTransformer, source: Optional[str] = None) -> dict:
     """Convert a released CARE checkpoint (or one of ours, possibly wrapped) to this model's names.
 
     The result is checked against the model: a checkpoint of another variant fails with a
     CheckpointError naming the keys; classifier weights of another class count are dropped.
+    `source` names the checkpoint in messages (load_checkpoint's file by default).
     """
-    try:
-        state_dict = unwrap_state_dict(state_dict)
-    except ValueError as e:
-        raise CheckpointError(f'{source}: {e}') from e
+    source = loading_source(source)
+    state_dict = unwrap_state_dict(state_dict, source)
     out = {}
     for k, v in state_dict.items():
         if not isinstance(v, torch.Tensor):
             raise CheckpointError(f'{source}: entry {k!r} is a {type(v).__name__}, not a tensor')
         if k.endswith('num_batches_tracked'):
             continue
-        for pattern, repl in _RELEASED_RENAMES:
-            k = re.sub(pattern, repl, k)
+        k = rename_released(k)
         if k.startswith('head_dist.') and model.head_dist is None:
             continue  # distillation=False keeps one head
         out[k] = v
@@ -857,6 +780,11 @@ def checkpoint_filter_fn(state_dict: dict, model: CareTransformer, source: str =
         out['stem.conv.weight'] = adapt_input_conv(model.in_chans, stem)
     head_keys = [f'{h}.fc.{p}' for h in ('head', 'head_dist') for p in ('weight', 'bias')]
     return match_state_dict(out, model, head_keys=head_keys, source=source)
+
+
+# A model's own filter: load_checkpoint converts a checkpoint with it when given none (timm keeps the
+# pretrained filter with the model's builder only).
+CareTransformer.checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
 
 def _create_care(variant: str, pretrained: bool = False, **kwargs) -> CareTransformer:

@@ -9,18 +9,21 @@ import uuid
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ['CheckpointError', 'read_checkpoint', 'match_state_dict', 'load_checkpoint', 'save_atomic', 'atomic_file']
+__all__ = ['CheckpointError', 'read_checkpoint', 'unwrap_state_dict', 'match_state_dict', 'filter_state_dict',
+           'load_checkpoint', 'save_atomic', 'atomic_file']
 
 PathLike = Union[str, os.PathLike]
+# A timm pretrained filter: filter_fn(checkpoint, model) -> the state dict to load.
+FilterFn = Callable[[Any, nn.Module], Dict[str, torch.Tensor]]
 
-# timm calls a pretrained filter as filter_fn(state_dict, model), so checkpoint_filter_fn takes no
-# `strict`: load_checkpoint hands it to match_state_dict through this context variable instead.
-_STRICT: contextvars.ContextVar = contextvars.ContextVar('caretrans_strict_checkpoint', default=True)
+# timm calls a pretrained filter as filter_fn(state_dict, model), so a filter takes no `strict` nor the
+# file's name: load_checkpoint hands both to match_state_dict through this context variable instead.
+_LOADING: contextvars.ContextVar = contextvars.ContextVar('caretrans_checkpoint_loading', default=(True, 'checkpoint'))
 
 
 class CheckpointError(ValueError):
@@ -53,11 +56,36 @@ def read_checkpoint(path: PathLike) -> Any:
         raise CheckpointError(f'{path} is truncated or corrupt: {e}') from e
 
 
+_WRAPPER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
+
+
+def unwrap_state_dict(checkpoint: Any, source: Optional[str] = None) -> Dict[str, Any]:
+    """Find the state dict inside a training checkpoint and strip DDP / compile prefixes."""
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f'{loading_source(source)}: expected a state dict, got a {type(checkpoint).__name__}')
+    for key in _WRAPPER_KEYS:
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    out = {}
+    for k, v in checkpoint.items():
+        for prefix in ('module.', '_orig_mod.'):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def loading_source(source: Optional[str] = None) -> str:
+    """`source`, else the name of the file load_checkpoint is loading (for messages)."""
+    return _LOADING.get()[1] if source is None else source
+
+
 def match_state_dict(
         state_dict: Dict[str, torch.Tensor],
         model: nn.Module,
         head_keys: Iterable[str] = (),
-        source: str = 'checkpoint',
+        source: Optional[str] = None,
         strict: Optional[bool] = None,
 ) -> Dict[str, torch.Tensor]:
     """Check that `state_dict` fits `model` key by key and shape by shape; return what fits.
@@ -66,10 +94,11 @@ def match_state_dict(
     with a warning so the model keeps its freshly initialised classifier, as timm does.
     Anything else that does not fit (missing, unexpected or mis-shaped tensors) raises a
     CheckpointError naming the keys when `strict`, else is left out with a warning naming them.
-    `strict=None` is load_checkpoint's choice (True outside it). Tensors holding NaN or inf are
-    named in a warning.
+    `strict=None` and `source=None` are load_checkpoint's (True and 'checkpoint' outside it). Tensors
+    holding NaN or inf are named in a warning.
     """
-    strict = _STRICT.get() if strict is None else strict
+    strict = _LOADING.get()[0] if strict is None else strict
+    source = loading_source(source)
     expected = model.state_dict()
     head_keys = set(head_keys)
     out, dropped, mismatched = {}, [], []
@@ -124,30 +153,30 @@ def _classifier_keys(model: nn.Module) -> List[str]:
     return [f'{c}.{p}' for c in classifiers for p in ('weight', 'bias')]
 
 
-def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True) -> nn.Module:
+def filter_state_dict(checkpoint: Any, model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The default filter: the unwrapped state dict, checked against the model (its classifier may differ)."""
+    return match_state_dict(unwrap_state_dict(checkpoint), model, head_keys=_classifier_keys(model))
+
+
+def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True,
+                    filter_fn: Optional[FilterFn] = None) -> nn.Module:
     """Load one of our checkpoints (safetensors or torch.save) or a released one into `model`.
 
-    `strict=True` raises a CheckpointError on missing, unexpected or mis-shaped tensors;
-    `strict=False` loads the tensors that fit and warns naming the others. Either way a
-    classifier of another class count is left at its initialisation with a warning, as timm does.
+    `filter_fn(checkpoint, model)` converts the checkpoint to the model's names, as for
+    `timm.models.load_checkpoint`; by default it is the model's own `checkpoint_filter_fn` (CARE models
+    read the released names with it), else `filter_state_dict`. `strict=True` raises a CheckpointError
+    on missing, unexpected or mis-shaped tensors; `strict=False` loads the tensors that fit and warns
+    naming the others. Either way a classifier of another class count is left at its initialisation
+    with a warning, as timm does.
     """
-    from .care import CareTransformer, checkpoint_filter_fn, unwrap_state_dict
-
+    filter_fn = filter_fn or getattr(model, 'checkpoint_filter_fn', None) or filter_state_dict
     checkpoint = read_checkpoint(path)
-    if isinstance(model, CareTransformer):
-        token = _STRICT.set(strict)
-        try:
-            state_dict = checkpoint_filter_fn(checkpoint, model, source=str(path))
-        finally:
-            _STRICT.reset(token)
-    else:
-        try:
-            state_dict = unwrap_state_dict(checkpoint)
-        except ValueError as e:
-            raise CheckpointError(f'{path}: {e}') from e
-        state_dict = match_state_dict(state_dict, model, head_keys=_classifier_keys(model), source=str(path),
-                                      strict=strict)
-    model.load_state_dict(state_dict, strict=False)  # what did not fit is checked above
+    token = _LOADING.set((strict, str(path)))
+    try:
+        state_dict = filter_fn(checkpoint, model)
+    finally:
+        _LOADING.reset(token)
+    model.load_state_dict(state_dict, strict=False)  # what did not fit is checked by the filter
     return model
 
 

@@ -38,7 +38,7 @@ def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path) -> Pat
 def summarize(model: torch.nn.Module, img_size: int, in_chans: int, evaluation: Dict, classes: Sequence[str],
               run_dir: Path, train_minutes: float) -> Dict:
     """Count params and MACs, draw the confusion matrix (up to 50 classes) and return the figures."""
-    from ..bench.profile import count_macs, count_params
+    from ..models.complexity import count_macs, count_params
 
     figures = dict(params_m=count_params(model) / 1e6,
                    gmacs=count_macs(model, img_size, in_chans=in_chans) / 1e9,

@@ -1,0 +1,86 @@
+"""What a checkpoint holds: the model it was recorded with, its class count, input channels and recipe."""
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from .care import rename_released
+from .checkpoint import PathLike, read_checkpoint, unwrap_state_dict
+
+__all__ = ['CheckpointInfo', 'describe']
+
+RECIPE_FILE = 'recipe.yaml'  # written beside a run's checkpoints
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    """What `describe` found in a checkpoint; None where it holds no answer."""
+    path: Path
+    model: Optional[str]  # the timm name given to describe, else the one recorded with the weights
+    num_classes: Optional[int]  # rows of the classifier
+    in_chans: Optional[int]  # input channels of the first conv
+    img_size: Optional[int]  # the training image size, if the recipe records one
+    recipe: Dict[str, Any]  # the training recipe inside the checkpoint, else the one beside it
+
+    def model_kwargs(self) -> Dict[str, int]:
+        """The `timm.create_model` arguments the weights fix: num_classes and in_chans, those known."""
+        return {k: v for k, v in (('num_classes', self.num_classes), ('in_chans', self.in_chans)) if v is not None}
+
+
+def describe(path: PathLike, model: Optional[str] = None) -> CheckpointInfo:
+    """Read a checkpoint (ours, released or safetensors; never unpickling code) and say what it holds.
+
+    The classifier and first conv are looked up by the names in the pretrained_cfg of `model` (else of
+    the model recorded in the checkpoint, else CARE's), in the released names too.
+    """
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    recipe = _recorded_recipe(checkpoint, path)
+    recorded = checkpoint.get('model_name') if isinstance(checkpoint, dict) else None
+    model = model or (recorded if isinstance(recorded, str) else None) or _str_or_none(recipe.get('model'))
+    classifier, first_conv = _layer_names(model)
+    state_dict = unwrap_state_dict(checkpoint, str(path))
+    head, stem = _find(state_dict, f'{classifier}.weight'), _find(state_dict, f'{first_conv}.weight')
+    return CheckpointInfo(
+        path=path,
+        model=model,
+        num_classes=int(head.shape[0]) if getattr(head, 'ndim', None) == 2 else None,
+        in_chans=int(stem.shape[1]) if getattr(stem, 'ndim', None) == 4 else None,
+        img_size=recipe.get('img_size'),
+        recipe=recipe,
+    )
+
+
+def _recorded_recipe(checkpoint: Any, path: Path) -> Dict[str, Any]:
+    """The recipe saved inside a training checkpoint, else the recipe.yaml of its run folder, else {}."""
+    inside = checkpoint.get('recipe') if isinstance(checkpoint, dict) else None
+    if isinstance(inside, dict):
+        return inside
+    beside = path.parent / RECIPE_FILE
+    if not beside.is_file():
+        return {}
+    import yaml
+
+    recipe = yaml.safe_load(beside.read_text(encoding='utf-8'))
+    return recipe if isinstance(recipe, dict) else {}
+
+
+def _str_or_none(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) else None
+
+
+def _layer_names(model: Optional[str]):
+    """(classifier, first conv) of a timm model name, from its pretrained_cfg; CARE's for an unknown name."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model) if model else None
+    classifier = (cfg.classifier if cfg is not None else None) or 'head.fc'
+    classifier = classifier if isinstance(classifier, str) else classifier[0]
+    return classifier, (cfg.first_conv if cfg is not None else None) or 'stem.conv'
+
+
+def _find(state_dict: Dict[str, Any], key: str):
+    """The tensor at `key`, also where a released CARE checkpoint names it otherwise."""
+    if key in state_dict:
+        return state_dict[key]
+    renamed = {rename_released(k): v for k, v in state_dict.items()}
+    return renamed.get(key)
