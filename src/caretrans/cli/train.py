@@ -75,7 +75,7 @@ def build_recipe(args):
 def run(args):
     import torch
 
-    from ..train.engine import TrainingDiverged
+    from ..runtime.loop import TrainingDiverged
     from ..train.report import summarize
     from ..train.trainer import train
     from ..runtime import run_exit_code
