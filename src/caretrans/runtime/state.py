@@ -9,7 +9,7 @@ import torch
 from ..models.checkpoint import CheckpointError, read_checkpoint
 
 __all__ = ['seed_everything', 'capture_rng_state', 'restore_rng_state', 'load_training_state', 'recipe_changes',
-           'read_resume_state', 'already_finished', 'RESUMABLE_FIELDS']
+           'read_resume_state', 'already_finished', 'RESUMABLE_FIELDS', 'STATE_KEYS']
 
 # Recipe fields a resumed run may change: they do not alter what is computed. `epochs` may also
 # grow: the run trains on with its schedule recomputed for the new length.
