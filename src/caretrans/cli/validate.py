@@ -43,8 +43,6 @@ def _refuse_other_head(info, num_classes: int, origin: str):
 
 
 def run(args):
-    import contextlib
-    import functools
     from pathlib import Path
 
     import timm
@@ -54,6 +52,7 @@ def run(args):
     from ..data.loader import build_transform, create_eval_loader, default_img_size
     from ..models import MIN_INPUT_SIZE, describe, load_checkpoint
     from ..runtime.distributed import DistributedContext
+    from ..runtime.precision import autocast_factory
     from ..train.engine import evaluate
     from .common import check_at_least, check_model_names
 
@@ -84,8 +83,7 @@ def run(args):
         model = torch.compile(model)
     dataset.transform = build_transform(False, img_size, data['mean'], data['std'], crop_pct=crop_pct,
                                         interpolation=args.interpolation)
-    autocast = (functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
-                if args.amp else contextlib.nullcontext)
+    autocast = autocast_factory(device, 'bfloat16' if args.amp else None)
     result = evaluate(model, create_eval_loader(dataset, args.batch_size, workers=args.workers),
                       DistributedContext(0, 1, 0, device), autocast, args.channels_last)
     result.update(model=model_name, checkpoint=str(args.checkpoint), data=args.data, split=args.split,

@@ -1,1 +1,25 @@
 """What every training run shares, whatever its task: processes, checkpoints, signals, metrics, precision."""
+import importlib
+
+# Public names and their modules, imported on first use (PEP 562): the CLI's parsers import this
+# package without loading torch.
+_EXPORTS = {
+    'DistributedContext': 'distributed', 'setup_distributed': 'distributed', 'cleanup_distributed': 'distributed',
+    'distribute': 'distributed', 'is_primary_process': 'distributed',
+    'LoopState': 'loop', 'Updater': 'loop', 'train_epoch': 'loop', 'TrainingDiverged': 'loop',
+    'save_training_state': 'loop', 'restore_training_state': 'loop',
+    'load_training_state': 'state', 'read_resume_state': 'state', 'seed_everything': 'state',
+    'GracefulStop': 'signals', 'stop_notice': 'signals', 'run_exit_code': 'signals',
+    'RecipeFields': 'recipe', 'MetricsLogger': 'metrics', 'autocast_factory': 'precision',
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f'.{_EXPORTS[name]}', __name__), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -67,9 +67,9 @@ class MetricsLogger:
             writer.writeheader()
             writer.writerows(self.records)
 
-    def plot(self, path=None) -> Path:
-        """Draw every numeric metric against epoch (or step) into a PNG; returns its path."""
-        path = Path(path) if path is not None else self.run_dir / 'curves.png'
+    def plot(self) -> Path:
+        """Draw every numeric metric against epoch (or step) into run_dir/curves.png; returns its path."""
+        path = self.run_dir / 'curves.png'
         if not self.enabled:
             return path
         import matplotlib
