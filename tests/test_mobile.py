@@ -133,7 +133,7 @@ def test_export_cli_executorch_with_int8(tmp_path, capsys, monkeypatch):
     # one with its quantise / dequantise nodes, short to lower.
     model = _tiny(depths=(1, 1), dims=(24, 48), expansions=((2, 2), (2, 4)), early='attention',
                   head_dims=(8, 16))
-    monkeypatch.setattr('caretrans.cli.export._build', lambda args: model)
+    monkeypatch.setattr('caretrans.cli.export._build', lambda args, info: model)
     out = tmp_path / 'm.pte'
     assert cli_main(['export', '--format', 'executorch', '--img-size', '32', '--output', str(out), '--int8',
                      'synthetic', '--calib-count', '8', '--eval-count', '4', '--json']) == 0
