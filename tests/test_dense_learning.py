@@ -18,7 +18,7 @@ from caretrans.dense.data import AdeSegmentation, CocoInstances
 from caretrans.dense.metrics import SegmentationMeter
 from caretrans.dense.recipe import DenseRecipe, PRESETS
 from caretrans.dense.synthetic import SEMANTIC_CLASSES, make_shapes_dataset
-from caretrans.train.checkpointing import load_training_state
+from caretrans.runtime.state import load_training_state
 
 
 # pycocotools 2.0.11 with NumPy 2 warns on every mask decode.
@@ -120,15 +120,15 @@ def test_stopped_run_resumes_exactly(shapes, tmp_path, monkeypatch, capsys):
     with monkeypatch.context() as m:
         m.setattr(train_module, 'GracefulStop', lambda: _StopAfter(3))  # mid-way through epoch 1 of 2
         stopped = train_module.train(recipe, tmp_path / 'resumed', progress=False)
-    assert stopped['status'] == 'SIGTERM' and not (tmp_path / 'resumed' / 'model.safetensors').exists()
+    assert stopped.status == 'SIGTERM' and not (tmp_path / 'resumed' / 'model.safetensors').exists()
     # Through the command line: a new run over it is refused, so is a resume that changes the recipe;
     # a plain --resume continues with the run's own recipe (read back from its recipe.yaml).
     base = ['seg', 'train', '--output', str(tmp_path / 'resumed'), '--no-progress']
     assert cli_main(base + ['--recipe', 'shapes-seg', '--data', str(shapes)]) == 2
     assert 'already holds a run' in capsys.readouterr().err
-    assert cli_main(base + ['--resume', '--epochs', '3']) == 2
+    assert cli_main(base + ['--resume', '--lr', '0.01']) == 2
     err = capsys.readouterr().err
-    assert 'another recipe' in err and 'epochs: 2 -> 3' in err
+    assert 'another recipe' in err and 'lr: 0.001 -> 0.01' in err
     assert cli_main(base + ['--resume']) == 0
     a, b = (load_file(tmp_path / d / 'model.safetensors') for d in ('straight', 'resumed'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -150,8 +150,8 @@ def test_sigterm_stops_a_dense_run_like_a_classification_run(tmp_path):
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 143, out
     state = load_training_state(run / 'last.pth')
-    assert f"stopped by SIGTERM at epoch {state['epoch']}, batch {state['next_batch']}; " \
-           f'resume with --resume --output {run}' in out
+    assert f"stopped by SIGTERM at epoch {state['epoch']}, batch {state['batch']}; " \
+           f"resume with --resume {run / 'last.pth'}" in out
     assert not (run / 'model.safetensors').exists()
 
 

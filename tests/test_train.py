@@ -12,7 +12,7 @@ from PIL import Image
 from caretrans.cli import build_parser, main as cli_main
 from caretrans.cli.train import build_recipe
 from caretrans.models.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from caretrans.train.checkpointing import load_training_state
+from caretrans.runtime.state import load_training_state
 from caretrans.train.loss import DistillationLoss, base_criterion
 from caretrans.train.recipe import Recipe, load_recipe
 from caretrans.train.trainer import train

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from caretrans.train.checkpointing import load_training_state
+from caretrans.runtime.state import load_training_state
 from caretrans.train.recipe import Recipe
 
 # Every source of randomness on: drop path, random crops, flips and erasing (drawn in two loader

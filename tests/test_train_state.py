@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from caretrans.models.checkpoint import CheckpointError, save_atomic
-from caretrans.train.checkpointing import (
+from caretrans.runtime.state import (
     capture_rng_state, load_training_state, restore_rng_state, save_training_state,
 )
 from caretrans.runtime.distributed import all_reduce_mean, cleanup_distributed, setup_distributed
@@ -71,7 +71,7 @@ def test_stale_temp_files_of_a_killed_save_are_removed_by_the_next_save(tmp_path
 
 _GRACEFUL_STOP_CHECK = """
 import os, signal
-from caretrans.train.checkpointing import GracefulStop
+from caretrans.runtime.signals import GracefulStop
 before = signal.getsignal(signal.SIGTERM)
 with GracefulStop() as stop:
     assert not stop.requested

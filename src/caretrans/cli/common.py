@@ -22,12 +22,6 @@ def refuse_to_overwrite_run(run_dir: str, resume_flag: str):
         raise ValueError(f'{run_dir} already holds a run; continue it with {resume_flag} or choose another --output')
 
 
-def run_exit_code(status: str) -> int:
-    """A training command's exit status: 0 when the run finished; when a signal stopped it (after
-    saving), the shell's 128 + signal number: 143 for SIGTERM, 130 for SIGINT (or another rank's signal)."""
-    return {'finished': 0, 'SIGTERM': 143}.get(status, 130)
-
-
 def check_at_least(args, **minimums):
     """Raise a ValueError for an option given below its minimum (options left at None are not checked)."""
     for option, minimum in minimums.items():

@@ -78,7 +78,8 @@ def run(args):
     from ..train.engine import TrainingDiverged
     from ..train.report import summarize
     from ..train.trainer import train
-    from .common import check_at_least, check_model_names, refuse_to_overwrite_run, run_exit_code
+    from ..runtime import run_exit_code
+    from .common import check_at_least, check_model_names, refuse_to_overwrite_run
 
     check_at_least(args, threads=1)
     resume = resume_file(args.resume) if args.resume else None

@@ -59,7 +59,8 @@ def _print_metrics(metrics, as_json: bool):
 
 
 def _run_train(args):
-    from ..cli.common import check_model_names, refuse_to_overwrite_run, run_exit_code
+    from ..cli.common import check_model_names, refuse_to_overwrite_run
+    from ..runtime import run_exit_code
     from .train import train
 
     if not args.resume:
@@ -68,11 +69,12 @@ def _run_train(args):
     saved = os.path.join(args.output, 'recipe.yaml')
     recipe = _recipe(args, args.task, saved if args.resume and os.path.isfile(saved) else _DEFAULT_PRESET[args.task])
     check_model_names([recipe.model])
-    metrics = train(recipe, args.output, resume=args.resume, device=args.device, progress=not args.no_progress)
-    if metrics['status'] != 'finished':
-        return run_exit_code(metrics['status'])
+    result = train(recipe, args.output, resume=os.path.join(args.output, 'last.pth') if args.resume else None,
+                   device=args.device, progress=not args.no_progress)
+    if result.status != 'finished':
+        return run_exit_code(result.status)
     if _is_primary():
-        _print_metrics(metrics, args.json)
+        _print_metrics(dict(result.metrics, epoch=result.epoch, status=result.status), args.json)
 
 
 def _run_eval(args):

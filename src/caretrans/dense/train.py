@@ -1,6 +1,7 @@
 """Training and evaluation runs for detection and segmentation: one process or torchrun's many."""
 import functools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -13,14 +14,14 @@ from torch.utils.data import DataLoader
 
 from ..data.loader import SeededItems
 from ..models.checkpoint import CheckpointError, read_checkpoint, save_atomic
-from ..train.checkpointing import (GracefulStop, capture_rng_state, load_training_state, recipe_changes,
-                                   restore_rng_state, save_training_state, stop_notice)
+from ..runtime.signals import GracefulStop, stop_notice
+from ..runtime.state import capture_rng_state, read_resume_state, restore_rng_state, save_training_state
 from ..runtime.distributed import DistributedContext, all_reduce_mean, cleanup_distributed, setup_distributed
 from ..train.metrics import MetricsLogger
 from .recipe import DenseRecipe
 from .tasks import make_task
 
-__all__ = ['train', 'evaluate_checkpoint']
+__all__ = ['train', 'DenseTrainResult', 'evaluate_checkpoint']
 
 STATE_FILE, WEIGHTS_FILE = 'last.pth', 'model.safetensors'
 
@@ -53,14 +54,21 @@ def _plain_metrics(metrics: Dict[str, object]) -> Dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def train(recipe: Optional[DenseRecipe], run_dir, resume: bool = False, device: Optional[str] = None,
-          progress: bool = True) -> Dict[str, object]:
+@dataclass
+class DenseTrainResult:
+    status: str                 # 'finished', 'already finished' (resumed at its end) or the signal that stopped it
+    epoch: int                  # epochs completed
+    metrics: Dict[str, object]  # the last evaluation
+    run_dir: Path
+
+
+def train(recipe: DenseRecipe, run_dir, resume: Optional[str] = None, device: Optional[str] = None,
+          progress: bool = True) -> DenseTrainResult:
     """Train `recipe` into `run_dir` (last.pth, model.safetensors, recipe.yaml, metrics, curves.png).
 
-    With `resume`, continue from run_dir/last.pth exactly where it stopped, with the run's own
-    recipe: `recipe` may be None, and a recipe that differs from the run's is refused (CheckpointError).
-    Returns the last evaluation, the epoch reached and the status: 'finished', or the name of the
-    signal that stopped the run (SIGTERM, SIGINT) after saving it.
+    With `resume` (a run's last.pth), continue exactly where that run stopped; a `recipe` that would not
+    continue it is refused (CheckpointError), as for classification. A signal (SIGTERM, SIGINT) stops the
+    run after saving it; the result's status names it.
     """
     ctx = setup_distributed(device)
     try:
@@ -69,17 +77,13 @@ def train(recipe: Optional[DenseRecipe], run_dir, resume: bool = False, device: 
         cleanup_distributed()
 
 
-def _train(recipe: DenseRecipe, run_dir: Path, resume: bool, ctx: DistributedContext, progress: bool):
-    state = None
-    if resume:
-        state = load_training_state(run_dir / STATE_FILE)
-        changed = [] if recipe is None else recipe_changes(state['recipe'], recipe.to_dict())
-        if changed:
-            raise CheckpointError(f'{run_dir / STATE_FILE} was trained with another recipe; resuming would not '
-                                  'continue that run. Differences: ' + '; '.join(changed))
-        recipe = DenseRecipe.from_dict(state['recipe'])
-    elif recipe is None:
-        raise ValueError('a new run needs a recipe')
+def _train(recipe: DenseRecipe, run_dir: Path, resume: Optional[str], ctx: DistributedContext, progress: bool):
+    state = read_resume_state(resume, recipe) if resume else None
+    if state is not None and state['epoch'] >= recipe.epochs:
+        if ctx.is_primary:
+            print(f'{resume} has finished its {state["epoch"]} epochs: nothing to train '
+                  f'(a larger --epochs continues it)', flush=True)
+        return DenseTrainResult('already finished', state['epoch'], state.get('metrics', {}), run_dir)
     torch.manual_seed(recipe.seed)
 
     # Data, model, optimiser, schedule.
@@ -101,8 +105,9 @@ def _train(recipe: DenseRecipe, run_dir: Path, resume: bool, ctx: DistributedCon
     if state is not None:
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
-        epoch, next_batch, global_step = state['epoch'], state['next_batch'], state['global_step']
+        if state['recipe']['epochs'] == recipe.epochs:  # else the schedule built for the new length goes on
+            scheduler.load_state_dict(state['scheduler'])
+        epoch, next_batch, global_step = state['epoch'], state['batch'], state['global_step']
         metrics = state.get('metrics', {})
         restore_rng_state(state['rng'])
     scheduler.step_update(num_updates=global_step)
@@ -120,7 +125,7 @@ def _train(recipe: DenseRecipe, run_dir: Path, resume: bool, ctx: DistributedCon
         if ctx.is_primary:
             save_training_state(run_dir / STATE_FILE, dict(
                 model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                epoch=at_epoch, next_batch=stopped_at_batch, global_step=global_step, rng=capture_rng_state(),
+                epoch=at_epoch, batch=stopped_at_batch, global_step=global_step, rng=capture_rng_state(),
                 recipe=recipe.to_dict(), metrics=_plain_metrics(metrics)))
 
     # The loop: an epoch of steps, an evaluation now and then, a checkpoint after each epoch.
@@ -153,7 +158,7 @@ def _train(recipe: DenseRecipe, run_dir: Path, resume: bool, ctx: DistributedCon
             if all_reduce_mean(float(stop.requested), ctx) > 0:
                 save(next_batch, epoch)
                 if ctx.is_primary:
-                    print(stop_notice(stop, epoch, next_batch, f'--resume --output {run_dir}'), flush=True)
+                    print(stop_notice(stop, epoch, next_batch, f'--resume {run_dir / STATE_FILE}'), flush=True)
                 break
             epoch, next_batch = epoch + 1, 0
             record = dict(epoch=epoch, step=global_step, train_loss=all_reduce_mean(loss_sum / max(loss_count, 1), ctx),
@@ -167,7 +172,7 @@ def _train(recipe: DenseRecipe, run_dir: Path, resume: bool, ctx: DistributedCon
         logger.plot()
         if epoch == recipe.epochs:
             save_atomic(model.state_dict(), run_dir / WEIGHTS_FILE)
-    return dict(metrics, epoch=epoch, status=(stop.signal or 'stopped') if stop.requested else 'finished')
+    return DenseTrainResult((stop.signal or 'stopped') if stop.requested else 'finished', epoch, metrics, run_dir)
 
 
 def _progress(enabled: bool, total: int, desc: str):

@@ -1,1 +1,19 @@
 """What every training run shares, whatever its task: processes, checkpoints, signals, metrics, precision."""
+import importlib
+
+# Public names and their modules, imported on first use (PEP 562): the CLI's parsers import this
+# package without loading torch.
+_EXPORTS = {
+    'GracefulStop': 'signals', 'stop_notice': 'signals', 'run_exit_code': 'signals',
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f'.{_EXPORTS[name]}', __name__), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -17,25 +17,18 @@ from timm.utils import ModelEmaV3
 
 from ..data import CLASS_MAP_FILE, create_dataset, dataset_info, recorded_classes, save_class_map
 from ..data.loader import build_transform, create_eval_loader, create_train_loader, default_img_size
-from ..models.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from .checkpointing import (
-    GracefulStop, capture_rng_state, load_training_state, recipe_changes, restore_rng_state, save_training_state,
-    stop_notice,
-)
+from ..models.checkpoint import load_checkpoint, save_atomic
+from ..runtime.signals import GracefulStop, stop_notice
+from ..runtime.state import capture_rng_state, read_resume_state, restore_rng_state, save_training_state
 from ..runtime.distributed import DistributedContext, cleanup_distributed, setup_distributed
 from .engine import TrainingDiverged, evaluate, train_one_epoch
 from .loss import DistillationLoss, base_criterion
 from .metrics import MetricsLogger
 from .recipe import Recipe
 
-__all__ = ['train', 'TrainResult', 'TrainingDiverged', 'RESUMABLE_FIELDS']
+__all__ = ['train', 'TrainResult', 'TrainingDiverged']
 
 _logger = logging.getLogger(__name__)
-
-# Recipe fields a resumed run may change: they do not alter what is computed. `epochs` may also
-# grow: the run trains on with its schedule recomputed for the new length.
-RESUMABLE_FIELDS = ('workers', 'compile')
-
 
 @dataclass
 class TrainResult:
@@ -64,7 +57,7 @@ def train(recipe: Recipe, run_dir, resume: Optional[str] = None, device: Optiona
 def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: DistributedContext,
            progress: bool, tensorboard: bool) -> TrainResult:
     _seed_everything(recipe.seed + ctx.rank, recipe.deterministic)
-    state = _read_resume_state(resume, recipe) if resume else None
+    state = read_resume_state(resume, recipe) if resume else None
     if state is not None and state['epoch'] >= recipe.epochs:
         if ctx.is_primary:
             print(f'{resume} has finished its {state["epoch"]} epochs: nothing to train '
@@ -285,25 +278,6 @@ def _sync_buffers(model: torch.nn.Module, ctx: DistributedContext):
     if ctx.is_distributed:
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, src=0)
-
-
-def _read_resume_state(path: str, recipe: Recipe) -> Dict[str, Any]:
-    """The training state to resume from, refused with a clear message if it is of another run."""
-    state = load_training_state(path)
-    missing = {'model', 'optimizer', 'scheduler', 'epoch', 'batch', 'rng', 'recipe'} - set(state)
-    if missing:
-        raise CheckpointError(f'{path} is not a caretrans training state (no {", ".join(sorted(missing))}); '
-                              'to start from weights only, this is not --resume')
-    if state['recipe'].get('model') != recipe.model:
-        raise CheckpointError(f'{path} is a checkpoint of {state["recipe"].get("model")!r}, '
-                              f'not of {recipe.model!r}')
-    saved_epochs = state['recipe'].get('epochs')
-    changed = recipe_changes(state['recipe'], recipe.to_dict(),
-                             free=RESUMABLE_FIELDS + (('epochs',) if recipe.epochs >= saved_epochs else ()))
-    if changed:
-        raise CheckpointError(f'{path} was trained with another recipe; resuming would not continue that run. '
-                              f'Differences: ' + '; '.join(changed))
-    return state
 
 
 def _restore(state, model, ema, optimizer, scheduler, scaler):

@@ -1,8 +1,7 @@
-"""Training state on disk: RNG states, atomic save, safe load, and stopping cleanly on a signal."""
+"""Training state on disk: RNG states, atomic save, safe load, and the rules for resuming."""
 import os
 import random
-import signal
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List
 
 import numpy as np
 import torch
@@ -10,7 +9,13 @@ import torch
 from ..models.checkpoint import CheckpointError, read_checkpoint, save_atomic
 
 __all__ = ['capture_rng_state', 'restore_rng_state', 'save_training_state', 'load_training_state', 'recipe_changes',
-           'GracefulStop', 'stop_notice']
+           'read_resume_state', 'RESUMABLE_FIELDS']
+
+# Recipe fields a resumed run may change: they do not alter what is computed. `epochs` may also
+# grow: the run trains on with its schedule recomputed for the new length.
+RESUMABLE_FIELDS = ('workers', 'compile')
+# What every task's training state holds, whatever else it adds.
+STATE_KEYS = frozenset({'model', 'optimizer', 'scheduler', 'epoch', 'batch', 'global_step', 'rng', 'recipe'})
 
 
 def capture_rng_state() -> Dict[str, Any]:
@@ -61,40 +66,20 @@ def recipe_changes(saved: Dict[str, Any], requested: Dict[str, Any], free: Itera
             if k not in free and saved.get(k) != requested.get(k)]
 
 
-class GracefulStop:
-    """Within `with GracefulStop() as stop:`, SIGTERM and SIGINT set `stop.requested` (and `stop.signal`)
-    instead of killing the process, so a loop can finish its step and save; a second SIGINT raises
-    KeyboardInterrupt. Handlers are restored on exit."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.requested = False
-        self.signal: Optional[str] = None
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C does not wait for the step to end
-        self.requested = True
-        self.signal = signal.Signals(signum).name
-
-    def __enter__(self) -> 'GracefulStop':
-        for sig in self.SIGNALS:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals stay with their owner
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-        return False
-
-
-def stop_notice(stop: GracefulStop, epoch: int, batch: int, resume: str) -> str:
-    """What a run stopped by a signal prints: where it stopped and how to continue it."""
-    return (f'stopped by {stop.signal or "a signal on another rank"} at epoch {epoch}, batch {batch}; '
-            f'resume with {resume}')
+def read_resume_state(path: os.PathLike, recipe) -> Dict[str, Any]:
+    """The training state to continue `recipe` from, refused (CheckpointError) if it is not a training state,
+    is of another model, or was trained with another recipe (but for RESUMABLE_FIELDS and a larger `epochs`)."""
+    state = load_training_state(path)
+    missing = STATE_KEYS - set(state)
+    if missing:
+        raise CheckpointError(f'{path} is not a caretrans training state (no {", ".join(sorted(missing))}); '
+                              'to start from weights only, this is not --resume')
+    if state['recipe'].get('model') != recipe.model:
+        raise CheckpointError(f'{path} is a checkpoint of {state["recipe"].get("model")!r}, '
+                              f'not of {recipe.model!r}')
+    grows = recipe.epochs >= state['recipe'].get('epochs', recipe.epochs + 1)
+    changed = recipe_changes(state['recipe'], recipe.to_dict(), free=RESUMABLE_FIELDS + (('epochs',) * grows))
+    if changed:
+        raise CheckpointError(f'{path} was trained with another recipe; resuming would not continue that run. '
+                              f'Differences: ' + '; '.join(changed))
+    return state
