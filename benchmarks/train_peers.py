@@ -16,7 +16,7 @@ import torch
 
 import caretrans  # noqa: F401  (registers the CARE models)
 from caretrans.data import dataset_info, create_dataset
-from caretrans.train.metrics import MetricsLogger
+from caretrans.runtime.metrics import MetricsLogger
 from caretrans.train.recipe import load_recipe
 from caretrans.train.report import summarize
 from caretrans.train.trainer import train

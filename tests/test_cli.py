@@ -103,7 +103,7 @@ def test_resume_takes_a_run_folder_or_its_last_pth_with_the_runs_recipe(tmp_path
 
 @pytest.mark.parametrize('command', TRAIN_COMMANDS, ids=' '.join)
 def test_a_diverged_run_exits_3_from_every_training_command(tmp_path, monkeypatch, capsys, command):
-    from caretrans.train.engine import TrainingDiverged
+    from caretrans.runtime.loop import TrainingDiverged
 
     def diverge(*args, **kwargs):
         raise TrainingDiverged('loss is nan at epoch 1, batch 2')

@@ -1,4 +1,5 @@
 """The synthetic shapes data, and the det / seg commands learning on it end to end."""
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,7 +19,8 @@ from caretrans.dense.data import AdeSegmentation, CocoInstances
 from caretrans.dense.metrics import SegmentationMeter
 from caretrans.dense.recipe import DenseRecipe, PRESETS
 from caretrans.dense.synthetic import SEMANTIC_CLASSES, make_shapes_dataset
-from caretrans.runtime.state import load_training_state
+from caretrans.runtime.metrics import MetricsLogger
+from caretrans.runtime.state import STATE_KEYS, load_training_state
 
 
 # pycocotools 2.0.11 with NumPy 2 warns on every mask decode.
@@ -133,27 +135,51 @@ def test_stopped_run_resumes_exactly(shapes, tmp_path, monkeypatch, capsys):
     assert cli_main(['seg', 'train', '--resume', str(run), '--no-progress']) == 0
     a, b = (load_file(tmp_path / d / 'model.safetensors') for d in ('straight', 'resumed'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The resume rules of classification: a finished run says so; a larger epoch count trains it on.
+    last = str(tmp_path / 'resumed' / 'last.pth')
+    assert train_module.train(recipe, tmp_path / 'resumed', resume=last, progress=False).status == 'already finished'
+    longer = train_module.train(dataclasses.replace(recipe, epochs=3), tmp_path / 'resumed', resume=last, progress=False)
+    assert (longer.status, longer.epoch) == ('finished', 3)
+    assert [r['epoch'] for r in MetricsLogger(tmp_path / 'resumed').records] == [0, 1, 2]
+
+
+_SMALL_SEG = ['--recipe', 'shapes-seg', '--crop-size', '64', '--scale', '64', '--min-size', '64', '--batch-size', '2',
+              '--workers', '1', '--epochs', '3', '--no-progress']
+
+
+def _seg_run(run, data):
+    cmd = [sys.executable, '-m', 'caretrans', 'seg', 'train', '--output', str(run), '--data', str(data), *_SMALL_SEG]
+    # A session of its own: SIGTERM goes to the process group, loader workers included, as a job scheduler sends it.
+    return subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 @pytest.mark.xdist_group('processes')
-def test_sigterm_stops_a_dense_run_like_a_classification_run(tmp_path):
-    make_shapes_dataset(tmp_path / 'data', num_train=4, num_val=1, image_size=64, seed=0)
+def test_sigterm_stops_a_dense_run_like_a_classification_run_and_it_resumes_exactly(tmp_path):
+    make_shapes_dataset(tmp_path / 'data', num_train=8, num_val=2, image_size=64, seed=0)
+    reference, interrupted = _seg_run(tmp_path / 'reference', tmp_path / 'data'), _seg_run(tmp_path / 'run', tmp_path / 'data')
     run = tmp_path / 'run'
-    cmd = [sys.executable, '-m', 'caretrans', 'seg', 'train', '--recipe', 'shapes-seg', '--output', str(run),
-           '--data', str(tmp_path / 'data'), '--no-progress', '--crop-size', '64', '--scale', '64', '--batch-size', '2',
-           '--min-size', '64', '--epochs', '1000']
-    proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
-    while proc.poll() is None and not (run / 'last.pth').exists() and time.monotonic() < deadline:
-        time.sleep(0.05)  # the first epoch's checkpoint: the training loop is running
-    proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 143, out
+    while interrupted.poll() is None and not (run / 'last.pth').exists() and time.monotonic() < deadline:
+        time.sleep(0.02)  # the first epoch's checkpoint: the training loop is running
+    os.killpg(interrupted.pid, signal.SIGTERM)
+    out = interrupted.communicate(timeout=120)[0]
+    assert interrupted.returncode == 143, out
     state = load_training_state(run / 'last.pth')
     assert f"stopped by SIGTERM at epoch {state['epoch']}, batch {state['batch']}; " \
            f"resume with --resume {run / 'last.pth'}" in out
-    assert not (run / 'model.safetensors').exists()
+    assert state['epoch'] < 3 and not (run / 'model.safetensors').exists()
+    assert STATE_KEYS <= set(state)  # the layout of a classification run's last.pth
+
+    resume = ('import sys; from caretrans.dense.recipe import load_recipe; from caretrans.dense.train import train; '
+              'run = sys.argv[1]; sys.exit(train(load_recipe(run + "/recipe.yaml"), run, resume=run + "/last.pth", '
+              'progress=False).status != "finished")')
+    done = subprocess.run([sys.executable, '-c', resume, str(run)], env=dict(os.environ, OMP_NUM_THREADS='1'),
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert reference.wait(timeout=180) == 0, reference.communicate()[0]
+    a, b = (load_file(d / 'model.safetensors') for d in (tmp_path / 'reference', run))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_bad_annotations_fail_the_command_with_the_record_named(shapes, tmp_path, capsys):

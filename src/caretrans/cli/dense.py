@@ -28,7 +28,7 @@ def _run_train(args):
     from ..dense.train import train
     from ..runtime import run_exit_code
     from ..runtime.distributed import is_primary_process
-    from ..train.engine import TrainingDiverged
+    from ..runtime.loop import TrainingDiverged
     from .common import check_model_names
     from .recipe_flags import prepare_run
 

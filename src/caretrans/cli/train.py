@@ -27,12 +27,12 @@ def build_recipe(args):
 
 
 def run(args):
+    from ..runtime import run_exit_code
     from ..runtime.distributed import is_primary_process
-    from ..train.engine import TrainingDiverged
+    from ..runtime.loop import TrainingDiverged
     from ..train.recipe import load_recipe
     from ..train.report import summarize
     from ..train.trainer import train
-    from ..runtime import run_exit_code
     from .common import check_model_names
     from .recipe_flags import prepare_run
 

@@ -58,8 +58,6 @@ def _refuse_other_head(checkpoint_path, model, origin: str):
 
 
 def run(args):
-    import contextlib
-    import functools
     from pathlib import Path
 
     import timm
@@ -70,6 +68,7 @@ def run(args):
     from ..models import MIN_INPUT_SIZE
     from ..models.checkpoint import load_checkpoint
     from ..runtime.distributed import DistributedContext
+    from ..runtime.precision import autocast_factory
     from ..train.engine import evaluate
     from .common import check_at_least, check_model_names
 
@@ -98,8 +97,7 @@ def run(args):
         model = torch.compile(model)
     dataset.transform = build_transform(False, img_size, info['mean'], info['std'], crop_pct=crop_pct,
                                         interpolation=args.interpolation)
-    autocast = (functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
-                if args.amp else contextlib.nullcontext)
+    autocast = autocast_factory(device, 'bfloat16' if args.amp else None)
     result = evaluate(model, create_eval_loader(dataset, args.batch_size, workers=args.workers),
                       DistributedContext(0, 1, 0, device), autocast, args.channels_last)
     result.update(model=args.model, checkpoint=str(args.checkpoint), data=args.data, split=args.split,

@@ -11,7 +11,7 @@ from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 __all__ = ['default_img_size', 'build_transform', 'SeededItems', 'BlockShardSampler', 'collate_readable',
-           'create_train_loader', 'create_eval_loader']
+           'create_train_loader', 'set_position', 'create_eval_loader']
 
 
 def default_img_size(native_size: Optional[int]) -> int:
@@ -96,10 +96,10 @@ class BlockShardSampler(Sampler[int]):
     """
 
     def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1, accum: int = 1,
-                 seed: int = 0, shuffle: bool = True):
+                 seed: int = 0):
         self.num_samples, self.batch_size = num_samples, batch_size
         self.rank, self.world_size, self.accum = rank, world_size, accum
-        self.seed, self.shuffle = seed, shuffle
+        self.seed = seed
         self.steps = num_samples // (batch_size * world_size * accum)
         if self.steps == 0:
             raise ValueError(f'{num_samples} training samples do not fill one step of {batch_size} x {accum} '
@@ -117,10 +117,7 @@ class BlockShardSampler(Sampler[int]):
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
     def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
-            order = torch.arange(self.num_samples)
+        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         b, w = self.batch_size, self.world_size
         for i in range(self.start_batch, self.batches_per_epoch):
             block = (i * w + self.rank) * b
@@ -145,12 +142,19 @@ def create_train_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_
                         seed: int = 0, workers: int = 0, collate_fn=collate_readable,
                         pin_memory: bool = False) -> DataLoader:
     """Training batches through a BlockShardSampler, each item augmented as `SeededItems` draws it;
-    the trainer sets `loader.sampler.set_epoch(epoch, start_batch)` and `loader.dataset.epoch`."""
+    `set_position` moves it to an epoch and batch."""
     sampler = BlockShardSampler(len(dataset), batch_size, rank, world_size, accum, seed)
     # Its own generator: the loader's worker seeds must not draw from the trainer's global RNG.
     return DataLoader(SeededItems(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate_fn, pin_memory=pin_memory, drop_last=False, generator=torch.Generator(),
                       worker_init_fn=_ignore_stop_signals, persistent_workers=False)
+
+
+def set_position(loader: DataLoader, epoch: int, batch: int = 0):
+    """Point a `create_train_loader` loader at epoch `epoch` (its shuffle and augmentation draws), from its
+    batch `batch` on: where a resumed run continues."""
+    loader.sampler.set_epoch(epoch, batch)
+    loader.dataset.epoch = epoch
 
 
 def create_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, workers: int = 0,

@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 from ..limits import MIN_INPUT_SIZE
-from ..train.recipe import RecipeFields, read_recipe
+from ..runtime.recipe import RecipeFields, read_recipe
 
 __all__ = ['DenseRecipe', 'PRESETS', 'load_recipe']
 

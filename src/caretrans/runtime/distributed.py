@@ -46,13 +46,25 @@ def setup_distributed(device: Optional[str] = None) -> DistributedContext:
     return DistributedContext(rank, world_size, local_rank, device)
 
 
-def all_reduce_mean(value, ctx: DistributedContext) -> float:
-    """The mean of a number (or one-element tensor) over all ranks."""
+def distribute(model: torch.nn.Module, ctx: DistributedContext, sync_bn: bool = False) -> torch.nn.Module:
+    """`model` wrapped in DistributedDataParallel when the job has several processes (else itself); with
+    `sync_bn`, its BatchNorm layers synchronised across GPUs (they share the model's parameters and buffers)."""
     if not ctx.is_distributed:
-        return float(value)
-    tensor = torch.as_tensor(value, dtype=torch.float64, device=ctx.device).detach().clone().reshape(1)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return float(tensor) / ctx.world_size
+        return model
+    if sync_bn:
+        if ctx.device.type != 'cuda':
+            raise ValueError('synchronised BatchNorm needs CUDA (PyTorch synchronises BatchNorm on GPUs only)')
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [ctx.device] if ctx.device.type == 'cuda' else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def sync_buffers(model: torch.nn.Module, ctx: DistributedContext):
+    """Give every rank rank 0's buffers, BatchNorm statistics among them (DDP does so before each forward,
+    not after the last)."""
+    if ctx.is_distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def is_primary_process() -> bool:

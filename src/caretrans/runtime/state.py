@@ -1,4 +1,4 @@
-"""Training state on disk: RNG states, atomic save, safe load, and the rules for resuming."""
+"""Training state: seeding, RNG states, safe loading of a saved state, and the rules for resuming from one."""
 import os
 import random
 from typing import Any, Dict, Iterable, List
@@ -6,16 +6,26 @@ from typing import Any, Dict, Iterable, List
 import numpy as np
 import torch
 
-from ..models.checkpoint import CheckpointError, read_checkpoint, save_atomic
+from ..models.checkpoint import CheckpointError, read_checkpoint
 
-__all__ = ['capture_rng_state', 'restore_rng_state', 'save_training_state', 'load_training_state', 'recipe_changes',
-           'read_resume_state', 'RESUMABLE_FIELDS']
+__all__ = ['seed_everything', 'capture_rng_state', 'restore_rng_state', 'load_training_state', 'recipe_changes',
+           'read_resume_state', 'already_finished', 'RESUMABLE_FIELDS']
 
 # Recipe fields a resumed run may change: they do not alter what is computed. `epochs` may also
 # grow: the run trains on with its schedule recomputed for the new length.
 RESUMABLE_FIELDS = ('workers', 'compile')
 # What every task's training state holds, whatever else it adds.
 STATE_KEYS = frozenset({'model', 'optimizer', 'scheduler', 'epoch', 'batch', 'global_step', 'rng', 'recipe'})
+
+
+def seed_everything(seed: int, deterministic: bool = False):
+    """Seed Python's, NumPy's and torch's generators; with `deterministic`, deterministic kernels only."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
 
 
 def capture_rng_state() -> Dict[str, Any]:
@@ -44,11 +54,6 @@ def restore_rng_state(state: Dict[str, Any]):
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
-
-
-def save_training_state(path: os.PathLike, state: Dict[str, Any]):
-    """Write `state` atomically: a reader finds the previous file or the new one, never half of one."""
-    return save_atomic(state, path)
 
 
 def load_training_state(path: os.PathLike) -> Dict[str, Any]:
@@ -83,3 +88,13 @@ def read_resume_state(path: os.PathLike, recipe) -> Dict[str, Any]:
         raise CheckpointError(f'{path} was trained with another recipe; resuming would not continue that run. '
                               f'Differences: ' + '; '.join(changed))
     return state
+
+
+def already_finished(state: Dict[str, Any], epochs: int, path: os.PathLike, primary: bool) -> bool:
+    """Whether a resumed run has trained its `epochs` already (rank 0 says so)."""
+    if state['epoch'] < epochs:
+        return False
+    if primary:
+        print(f'{path} has finished its {state["epoch"]} epochs: nothing to train (a larger --epochs continues it)',
+              flush=True)
+    return True

@@ -1,13 +1,8 @@
 """`train(recipe, run_dir)`: data, model, loss, optimiser, schedule, then epochs with checkpoints."""
-import contextlib
-import functools
-import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import timm
 import torch
 from timm.data import Mixup
@@ -16,19 +11,21 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
 from ..data import CLASS_MAP_FILE, create_dataset, dataset_info, recorded_classes, save_class_map
-from ..data.loader import build_transform, create_eval_loader, create_train_loader, default_img_size
+from ..data.loader import build_transform, create_eval_loader, create_train_loader, default_img_size, set_position
 from ..models.checkpoint import load_checkpoint, save_atomic
+from ..runtime.distributed import DistributedContext, cleanup_distributed, distribute, setup_distributed, sync_buffers
+from ..runtime.loop import (LoopState, TrainingDiverged, Updater, progress_bar, restore_training_state,
+                            save_training_state, train_epoch)
+from ..runtime.metrics import MetricsLogger
+from ..runtime.precision import mixed_precision
 from ..runtime.signals import GracefulStop, stop_notice
-from ..runtime.state import capture_rng_state, read_resume_state, restore_rng_state, save_training_state
-from ..runtime.distributed import DistributedContext, cleanup_distributed, setup_distributed
-from .engine import TrainingDiverged, evaluate, train_one_epoch
+from ..runtime.state import already_finished, read_resume_state, seed_everything
+from .engine import classification_loss, evaluate
 from .loss import DistillationLoss, base_criterion
-from .metrics import MetricsLogger
 from .recipe import Recipe
 
 __all__ = ['train', 'TrainResult', 'TrainingDiverged']
 
-_logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
@@ -56,12 +53,9 @@ def train(recipe: Recipe, run_dir, resume: Optional[str] = None, device: Optiona
 
 def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: DistributedContext,
            progress: bool, tensorboard: bool) -> TrainResult:
-    _seed_everything(recipe.seed + ctx.rank, recipe.deterministic)
+    seed_everything(recipe.seed + ctx.rank, recipe.deterministic)
     state = read_resume_state(resume, recipe) if resume else None
-    if state is not None and state['epoch'] >= recipe.epochs:
-        if ctx.is_primary:
-            print(f'{resume} has finished its {state["epoch"]} epochs: nothing to train '
-                  f'(a larger --epochs continues it)', flush=True)
+    if state is not None and already_finished(state, recipe.epochs, resume, ctx.is_primary):
         return TrainResult('already finished', state['epoch'], state['global_step'], {}, state['best_top1'],
                            run_dir, None, None, None, None)
 
@@ -80,7 +74,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
     train_loader = create_train_loader(train_set, recipe.batch_size, ctx.rank, ctx.world_size,
                                        recipe.grad_accum_steps, recipe.seed, recipe.workers,
                                        pin_memory=ctx.device.type == 'cuda')
-    val_loader = create_eval_loader(val_set, recipe.batch_size, ctx.rank, ctx.world_size, recipe.workers)
+    val_loader = create_eval_loader(val_set, recipe.batch_size, ctx.rank, ctx.world_size, recipe.workers,
+                                    pin_memory=ctx.device.type == 'cuda')
     mixup_fn = _mixup(recipe, num_classes)
 
     # Model (and EMA, teacher), loss, optimiser and schedule.
@@ -102,21 +97,17 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
         optimizer, sched=recipe.sched, num_epochs=recipe.epochs, warmup_epochs=recipe.warmup_epochs,
         warmup_lr=recipe.warmup_lr, min_lr=recipe.min_lr, step_on_epochs=False, updates_per_epoch=steps_per_epoch)
     ema = ModelEmaV3(model, decay=recipe.model_ema_decay) if recipe.model_ema else None
-    autocast, scaler = _amp(recipe, ctx.device)
+    autocast, scaler = mixed_precision(recipe.amp_dtype if recipe.amp else None, ctx.device)
+    updater = Updater(optimizer, scheduler, recipe.grad_accum_steps, scaler, recipe.clip_grad, ema)
 
-    epoch, start_batch, global_step, best_top1, epoch_loss = 0, 0, 0, float('-inf'), (0.0, 0)
+    loop, best_top1 = LoopState(), float('-inf')
     if state is not None:
-        # A schedule saved for fewer epochs is not restored: timm schedulers hold only their settings,
-        # so the one built for recipe.epochs continues from global_step (and sets the next step's lr).
-        extended = state['recipe']['epochs'] != recipe.epochs
-        epoch, start_batch, global_step, best_top1, epoch_loss = _restore(
-            state, model, ema, optimizer, None if extended else scheduler, scaler)
-        if extended:
-            scheduler.step_update(num_updates=global_step)
-    ddp_model = _distribute(model, recipe, ctx)
+        loop, best_top1 = restore_training_state(state, model, updater, recipe.epochs), state['best_top1']
+    ddp_model = distribute(model, ctx, recipe.sync_bn)
     eval_model = model
     if recipe.compile:  # one compiled graph for training (through DDP), one for evaluation; same parameters
         ddp_model, eval_model = torch.compile(ddp_model), torch.compile(model)
+    loss_of = classification_loss(ddp_model, loss_fn, ctx, mixup_fn, recipe.channels_last)
 
     metrics_log = MetricsLogger(run_dir, enabled=ctx.is_primary)
     writer = _tensorboard(run_dir) if tensorboard and ctx.is_primary else None
@@ -124,84 +115,81 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
         run_dir.mkdir(parents=True, exist_ok=True)
         recipe.save(run_dir / 'recipe.yaml')
         save_class_map(info['classes'], run_dir / CLASS_MAP_FILE)
-        metrics_log.truncate('epoch', epoch)
+        metrics_log.truncate('epoch', loop.epoch)
         print(f'{recipe.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, '
               f'{len(train_set)} training / {len(val_set)} validation images at {img_size}x{img_size}, '
               f'{num_classes} classes, {in_chans} channel(s); global batch '
               f'{recipe.global_batch(ctx.world_size)} on {ctx.world_size} process(es), lr {lr:.3g}', flush=True)
 
-    def checkpoint(name: str, epoch: int, batch: int, epoch_loss=(0.0, 0)):
+    def checkpoint():
         if ctx.is_primary:
-            save_training_state(run_dir / name, dict(
-                model=model.state_dict(), ema=ema.module.state_dict() if ema is not None else None,
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict() if scaler is not None else None,
-                epoch=epoch, batch=batch, global_step=global_step, best_top1=best_top1, epoch_loss=list(epoch_loss),
-                rng=capture_rng_state(), recipe=recipe.to_dict(), model_name=recipe.model))
+            save_training_state(run_dir / 'last.pth', loop, model, updater, recipe, best_top1=best_top1,
+                                model_name=recipe.model)
+
+    def result(status: str) -> TrainResult:
+        return TrainResult(status, loop.epoch, loop.global_step, last_eval, best_top1, run_dir, model, img_size,
+                           in_chans, info['classes'])
 
     last_eval: Dict[str, Any] = {}
     with GracefulStop() as stop:
-        while epoch < recipe.epochs:
-            train_loader.sampler.set_epoch(epoch, start_batch)
-            train_loader.dataset.epoch = epoch
-            bar = _progress_bar(progress and ctx.is_primary, epoch, recipe.epochs,
-                                train_loader.sampler.batches_per_epoch, start_batch)
+        while loop.epoch < recipe.epochs:
+            set_position(train_loader, loop.epoch, loop.batch)
+            bar = progress_bar(progress and ctx.is_primary, f'epoch {loop.epoch + 1}/{recipe.epochs}',
+                               train_loader.sampler.batches_per_epoch, loop.batch)
             try:
-                result = train_one_epoch(
-                    ddp_model, train_loader, loss_fn, optimizer, scheduler, ctx, epoch, start_batch,
-                    recipe.grad_accum_steps, global_step, mixup_fn, ema, scaler, autocast, recipe.clip_grad,
-                    recipe.channels_last, stop, bar,
-                    on_step=_tensorboard_step(writer, optimizer), loss_sum=epoch_loss[0], loss_count=epoch_loss[1])
+                trained = train_epoch(ddp_model, train_loader, loss_of, updater, ctx, loop, autocast, stop, bar,
+                                      on_step=_tensorboard_step(writer, optimizer))
             except TrainingDiverged as e:
                 raise TrainingDiverged(f'{e}; the last good checkpoint is {run_dir / "last.pth"}') from None
             finally:
                 if bar is not None:
                     bar.close()
-            global_step += (result.next_batch - start_batch) // recipe.grad_accum_steps
-            epoch_loss = (0.0, 0)
-            if result.stopped:
-                checkpoint('last.pth', epoch, result.next_batch, (result.loss_sum, result.loss_count))
+            if trained.stopped:
+                checkpoint()
                 if ctx.is_primary:
-                    print(stop_notice(stop, epoch, result.next_batch, f'--resume {run_dir / "last.pth"}'), flush=True)
-                return TrainResult(stop.signal or 'stopped', epoch, global_step, last_eval, best_top1, run_dir,
-                                   model, img_size, in_chans, info['classes'])
+                    print(stop_notice(stop, loop.epoch, loop.batch, f'--resume {run_dir / "last.pth"}'), flush=True)
+                return result(stop.signal or 'stopped')
 
-            _sync_buffers(model, ctx)
-            last_eval = evaluate(eval_model, val_loader, ctx, autocast, recipe.channels_last,
-                                 num_classes=num_classes if num_classes <= 50 else None)
-            record = dict(epoch=epoch, train_loss=result.loss, lr=optimizer.param_groups[0]['lr'],
-                          val_loss=last_eval['loss'], val_top1=last_eval['top1'], val_top5=last_eval['top5'],
-                          train_img_s=result.images_per_s)
-            top1 = last_eval['top1']
-            if ema is not None:
-                ema_eval = evaluate(ema.module, val_loader, ctx, autocast, recipe.channels_last)
-                record.update(ema_val_top1=ema_eval['top1'], ema_val_loss=ema_eval['loss'])
-                top1 = ema_eval['top1']  # as timm: the EMA's accuracy picks the best checkpoint
+            sync_buffers(model, ctx)
+            record, last_eval, top1 = _evaluate_epoch(eval_model, ema, val_loader, ctx, autocast, recipe, num_classes)
+            record.update(epoch=loop.epoch, train_loss=loop.epoch_loss, lr=updater.lr, train_img_s=trained.images_per_s)
             bad_images = getattr(train_set, 'num_bad_images', 0) + getattr(val_set, 'num_bad_images', 0)
             if bad_images:
                 record['bad_images'] = bad_images
-            epoch, start_batch = epoch + 1, 0
+            loop.next_epoch()
             if top1 > best_top1:
                 best_top1 = top1
                 if ctx.is_primary:
                     best = ema.module if ema is not None and top1 == record.get('ema_val_top1') else model
-                    save_atomic(dict(state_dict=best.state_dict(), epoch=epoch, top1=top1,
+                    save_atomic(dict(state_dict=best.state_dict(), epoch=loop.epoch, top1=top1,
                                      model_name=recipe.model), run_dir / 'best.pth')
-            checkpoint('last.pth', epoch, 0)
+            checkpoint()
             metrics_log.log(record)
             if writer is not None:
                 for key, value in record.items():
-                    writer.add_scalar(f'epoch/{key}', value, epoch)
+                    writer.add_scalar(f'epoch/{key}', value, loop.epoch)
             if ctx.is_primary:
                 metrics_log.plot()
-                print(f'epoch {epoch - 1}: train loss {result.loss:.4f}, val loss {last_eval["loss"]:.4f}, '
-                      f'top-1 {last_eval["top1"]:.2f}%, top-5 {last_eval["top5"]:.2f}%, '
-                      f'{result.images_per_s:.0f} img/s' + (f', {bad_images} unreadable image(s) skipped'
-                                                             if bad_images else ''), flush=True)
+                print(f'epoch {record["epoch"]}: train loss {record["train_loss"]:.4f}, '
+                      f'val loss {last_eval["loss"]:.4f}, top-1 {last_eval["top1"]:.2f}%, '
+                      f'top-5 {last_eval["top5"]:.2f}%, {trained.images_per_s:.0f} img/s'
+                      + (f', {bad_images} unreadable image(s) skipped' if bad_images else ''), flush=True)
     if writer is not None:
         writer.close()
-    return TrainResult('finished', epoch, global_step, last_eval, best_top1, run_dir, model, img_size, in_chans,
-                       info['classes'])
+    return result('finished')
+
+
+def _evaluate_epoch(model, ema, val_loader, ctx: DistributedContext, autocast, recipe: Recipe, num_classes: int):
+    """The validation figures of an epoch (of the EMA too), the evaluation of `model`, and the top-1 that picks
+    the best checkpoint (as timm: the EMA's, when there is one)."""
+    evaluation = evaluate(model, val_loader, ctx, autocast, recipe.channels_last,
+                          num_classes=num_classes if num_classes <= 50 else None)
+    record = dict(val_loss=evaluation['loss'], val_top1=evaluation['top1'], val_top5=evaluation['top5'])
+    if ema is None:
+        return record, evaluation, evaluation['top1']
+    ema_eval = evaluate(ema.module, val_loader, ctx, autocast, recipe.channels_last)
+    record.update(ema_val_top1=ema_eval['top1'], ema_val_loss=ema_eval['loss'])
+    return record, evaluation, ema_eval['top1']
 
 
 def _check_fits_data(recipe: Recipe, info: Dict[str, Any]):
@@ -212,15 +200,6 @@ def _check_fits_data(recipe: Recipe, info: Dict[str, Any]):
     if recipe.in_chans is not None and recipe.in_chans != info['in_chans']:
         raise ValueError(f'recipe field in_chans: {recipe.in_chans} does not fit {recipe.data}, whose images have '
                          f'{info["in_chans"]} channel(s)')
-
-
-def _seed_everything(seed: int, deterministic: bool):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
 
 
 def _transform(recipe: Recipe, info: Dict[str, Any], img_size: int, training: bool):
@@ -247,58 +226,6 @@ def _teacher(recipe: Recipe, num_classes: int, in_chans: int, device: torch.devi
     if recipe.teacher_checkpoint is not None:
         load_checkpoint(teacher, recipe.teacher_checkpoint)
     return teacher.to(device).eval()
-
-
-def _amp(recipe: Recipe, device: torch.device):
-    """An autocast context factory and, for float16 on CUDA only, a gradient scaler."""
-    if not recipe.amp:
-        return contextlib.nullcontext, None
-    dtype = {'bfloat16': torch.bfloat16, 'float16': torch.float16}.get(recipe.amp_dtype)
-    if dtype is None:
-        raise ValueError(f"--amp-dtype must be 'bfloat16' or 'float16', got {recipe.amp_dtype!r}")
-    if dtype == torch.float16 and device.type != 'cuda':
-        raise ValueError('float16 autocast needs CUDA; use --amp-dtype bfloat16 on CPU')
-    scaler = torch.amp.GradScaler('cuda') if dtype == torch.float16 else None
-    return functools.partial(torch.autocast, device_type=device.type, dtype=dtype), scaler
-
-
-def _distribute(model: torch.nn.Module, recipe: Recipe, ctx: DistributedContext) -> torch.nn.Module:
-    if not ctx.is_distributed:
-        return model
-    if recipe.sync_bn:
-        if ctx.device.type != 'cuda':
-            raise ValueError('--sync-bn needs CUDA (PyTorch synchronises BatchNorm on GPUs only)')
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    device_ids = [ctx.device] if ctx.device.type == 'cuda' else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-
-
-def _sync_buffers(model: torch.nn.Module, ctx: DistributedContext):
-    """Give every rank rank 0's BatchNorm statistics (DDP does so before each forward, not after the last)."""
-    if ctx.is_distributed:
-        for buffer in model.buffers():
-            torch.distributed.broadcast(buffer, src=0)
-
-
-def _restore(state, model, ema, optimizer, scheduler, scaler):
-    model.load_state_dict(state['model'])
-    if ema is not None and state.get('ema') is not None:
-        ema.module.load_state_dict(state['ema'])
-    optimizer.load_state_dict(state['optimizer'])
-    if scheduler is not None:
-        scheduler.load_state_dict(state['scheduler'])
-    if scaler is not None and state.get('scaler') is not None:
-        scaler.load_state_dict(state['scaler'])
-    restore_rng_state(state['rng'])
-    return state['epoch'], state['batch'], state['global_step'], state['best_top1'], tuple(state['epoch_loss'])
-
-
-def _progress_bar(enabled: bool, epoch: int, epochs: int, total: int, start: int):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, initial=start, desc=f'epoch {epoch + 1}/{epochs}', unit='batch', dynamic_ncols=True,
-                mininterval=2.0)
 
 
 def _tensorboard(run_dir: Path):
