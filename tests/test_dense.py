@@ -319,7 +319,8 @@ def test_ade_reduce_zero_label_and_errors(tmp_path):
 def test_semantic_segmentation_needs_no_pycocotools(tmp_path):
     _ade(tmp_path, np.array([[0, 1, 2], [2, 0, 1]], np.uint8))
     code = ('import sys; sys.modules["pycocotools"] = None  # as if it were not installed\n'
-            'from caretrans.dense import command, tasks, train\n'
+            'from caretrans.cli import dense\n'
+            'from caretrans.dense import tasks, train\n'
             'from caretrans.dense.data import AdeSegmentation\n'
             f'print(AdeSegmentation({str(tmp_path)!r}, "training")[0][1].tolist())')
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
@@ -363,7 +364,7 @@ def test_a_recipe_for_the_other_task_is_refused(tmp_path, capsys, task, recipe):
     assert cli_main(argv) == 2
     assert f"recipe {recipe!r} is a {'seg' if task == 'det' else 'det'!r} recipe, not a {task!r} one" in \
         capsys.readouterr().err
-    assert cli_main([task, 'eval', '--checkpoint', str(tmp_path / 'x.pth'), '--recipe', recipe]) == 2
+    assert cli_main([task, 'validate', '--checkpoint', str(tmp_path / 'x.pth'), '--recipe', recipe]) == 2
     assert 'recipe, not a' in capsys.readouterr().err
 
 

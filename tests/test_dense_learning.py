@@ -78,8 +78,9 @@ def test_detection_learns(shapes, tmp_path, capsys):
     # Random boxes score ~0; after 112 CPU steps this reaches ~0.75 box / ~0.8 mask AP50.
     assert metrics['bbox_AP50'] > 0.4 and metrics['segm_AP50'] > 0.4 and metrics['bbox_AP'] > 0.1
     assert {'last.pth', 'model.safetensors', 'recipe.yaml', 'metrics.csv', 'curves.png'} <= {p.name for p in run.iterdir()}
-    again = _run_json(capsys, ['det', 'eval', '--checkpoint', str(run / 'model.safetensors'), '--json'])
-    assert again == pytest.approx({k: v for k, v in metrics.items() if k not in ('epoch', 'status')})
+    assert (metrics['epoch'], metrics['status'], metrics['run_dir']) == (7, 'finished', str(run))
+    again = _run_json(capsys, ['det', 'validate', '--checkpoint', str(run / 'model.safetensors'), '--json'])
+    assert again == pytest.approx({k: v for k, v in metrics.items() if k not in ('epoch', 'status', 'run_dir')})
 
 
 def test_segmentation_learns(shapes, tmp_path, capsys):
@@ -124,14 +125,14 @@ def test_stopped_run_resumes_exactly(shapes, tmp_path, monkeypatch, capsys):
         stopped = train_module.train(recipe, tmp_path / 'resumed', progress=False)
     assert stopped.status == 'SIGTERM' and not (tmp_path / 'resumed' / 'model.safetensors').exists()
     # Through the command line: a new run over it is refused, so is a resume that changes the recipe;
-    # a plain --resume continues with the run's own recipe (read back from its recipe.yaml).
-    base = ['seg', 'train', '--output', str(tmp_path / 'resumed'), '--no-progress']
-    assert cli_main(base + ['--recipe', 'shapes-seg', '--data', str(shapes)]) == 2
+    # --resume RUN continues with the run's own recipe (read back from its recipe.yaml), into its folder.
+    run = tmp_path / 'resumed'
+    assert cli_main(['seg', 'train', '--output', str(run), '--recipe', 'shapes-seg', '--data', str(shapes)]) == 2
     assert 'already holds a run' in capsys.readouterr().err
-    assert cli_main(base + ['--resume', '--lr', '0.01']) == 2
+    assert cli_main(['seg', 'train', '--resume', str(run / 'last.pth'), '--lr', '0.01', '--no-progress']) == 2
     err = capsys.readouterr().err
     assert 'another recipe' in err and 'lr: 0.001 -> 0.01' in err
-    assert cli_main(base + ['--resume']) == 0
+    assert cli_main(['seg', 'train', '--resume', str(run), '--no-progress']) == 0
     a, b = (load_file(tmp_path / d / 'model.safetensors') for d in ('straight', 'resumed'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # The resume rules of classification: a finished run says so; a larger epoch count trains it on.
@@ -193,5 +194,5 @@ def test_bad_annotations_fail_the_command_with_the_record_named(shapes, tmp_path
     rc = cli_main(['det', 'train', '--recipe', 'shapes-det', '--data', str(bad_root), '--output', str(tmp_path / 'r')])
     err = capsys.readouterr().err
     assert rc == 2 and 'instances_validation.json: annotations[2] (id 3): bbox must be' in err
-    assert cli_main(['det', 'eval', '--checkpoint', str(tmp_path / 'none.pth')]) == 2
+    assert cli_main(['det', 'validate', '--checkpoint', str(tmp_path / 'none.pth')]) == 2
     assert 'none.pth does not exist' in capsys.readouterr().err

@@ -3,7 +3,6 @@ import ast
 from pathlib import Path
 from typing import Dict, List, Set
 
-import pytest
 
 SRC = Path(__file__).resolve().parents[1] / 'src'
 
@@ -76,8 +75,6 @@ def test_no_import_cycles_between_caretrans_modules():
     assert find_cycles(graph) == []
 
 
-@pytest.mark.xfail((SRC / 'caretrans' / 'dense' / 'command.py').exists(), strict=True,
-                   reason='the det/seg commands still live in dense/command.py, which imports cli.common')
 def test_only_the_command_line_imports_cli():
     assert _importers(import_graph(), 'caretrans.cli', outside='caretrans.cli') == ['caretrans.__main__']
 

@@ -8,11 +8,11 @@ def add_parser(subparsers):
 
     p = subparsers.add_parser('bench', help='latency side by side (eager, ONNX Runtime, OpenVINO, ExecuTorch), '
                               'interleaved')
-    p.add_argument('--models', nargs='+', default=list(CARE_MODELS + PEERS), metavar='MODEL',
-                   help='timm model names (default: CARE-S0/S1/S2 and the peers of the paper\'s Table 1)')
+    p.add_argument('-m', '--model', '--models', dest='models', nargs='+', default=list(CARE_MODELS + PEERS),
+                   metavar='MODEL', help="timm model names (default: CARE-S0/S1/S2 and the peers of the paper's Table 1)")
     p.add_argument('--runtimes', nargs='+', default=list(DEFAULT_RUNTIMES), choices=RUNTIMES,
                    help='default: %(default)s; executorch (XNNPACK, needs caretrans[mobile]) lowers each model first')
-    p.add_argument('--batch-size', type=int, default=1)
+    p.add_argument('-b', '--batch-size', type=int, default=1)
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--threads', type=int, default=os.cpu_count(), help='intra-op threads (default: all cores)')
     p.add_argument('--rounds', type=int, default=20, help='interleaved rounds; each times every entry once')

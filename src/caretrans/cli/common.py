@@ -1,6 +1,5 @@
 """Helpers shared by the sub-commands."""
 import difflib
-import os
 from typing import Iterable
 
 
@@ -14,12 +13,6 @@ def check_model_names(names: Iterable[str]):
             close = difflib.get_close_matches(name, known, n=3)
             hint = f'; did you mean {", ".join(close)}?' if close else ''
             raise ValueError(f'unknown model {name!r}{hint}')
-
-
-def refuse_to_overwrite_run(run_dir: str, resume_flag: str):
-    """Raise a ValueError if `run_dir` already holds a run (its last.pth): a new run would overwrite it."""
-    if os.path.exists(os.path.join(run_dir, 'last.pth')):
-        raise ValueError(f'{run_dir} already holds a run; continue it with {resume_flag} or choose another --output')
 
 
 def check_at_least(args, **minimums):

@@ -1,6 +1,6 @@
-"""`caretrans det train|eval|synth`: Mask R-CNN with a CARE backbone on COCO-format data."""
+"""`caretrans det train|validate|synth`: Mask R-CNN with a CARE backbone on COCO-format data."""
 
 
 def add_parser(subparsers):
-    from ..dense.command import add_task_parser
+    from .dense import add_task_parser
     add_task_parser(subparsers, 'det', 'object detection and instance segmentation (Mask R-CNN, COCO AP)')

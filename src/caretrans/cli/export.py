@@ -5,7 +5,7 @@ import json
 
 def add_parser(subparsers):
     p = subparsers.add_parser('export', help='export a fused model and check it against PyTorch')
-    p.add_argument('--model', help='timm model name (default: the one recorded in the checkpoint, else care_s0)')
+    p.add_argument('-m', '--model', help='timm model name (default: the one recorded in the checkpoint, else care_s0)')
     p.add_argument('--checkpoint', metavar='FILE', help='weights (ours or released; class count and input '
                    'channels are read from it)')
     p.add_argument('--format', required=True, choices=['onnx', 'torchscript', 'coreml', 'executorch'])

@@ -4,7 +4,8 @@ import json
 
 def add_parser(subparsers):
     p = subparsers.add_parser('profile', help='parameters and GMACs (fvcore) vs. the paper (Tables 2-5)')
-    p.add_argument('--models', nargs='+', default=['care_s0', 'care_s1', 'care_s2'], metavar='MODEL')
+    p.add_argument('-m', '--model', '--models', dest='models', nargs='+', default=['care_s0', 'care_s1', 'care_s2'],
+                   metavar='MODEL', help='timm model names (default: %(default)s)')
     p.add_argument('--img-size', type=int, default=224, help='classifier input size (default 224)')
     p.add_argument('--backbone-img-size', type=int, default=512, help='backbone input size (default 512)')
     p.add_argument('--variants', action='store_true',

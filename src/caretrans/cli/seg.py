@@ -1,6 +1,6 @@
-"""`caretrans seg train|eval|synth`: Semantic FPN with a CARE backbone on ADE20K-format data."""
+"""`caretrans seg train|validate|synth`: Semantic FPN with a CARE backbone on ADE20K-format data."""
 
 
 def add_parser(subparsers):
-    from ..dense.command import add_task_parser
+    from .dense import add_task_parser
     add_task_parser(subparsers, 'seg', 'semantic segmentation (Semantic FPN, mIoU)')

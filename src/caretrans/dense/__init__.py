@@ -2,7 +2,7 @@
 import importlib
 
 # Public names and their modules, imported on first use (PEP 562): the CLI's parser reads
-# dense.command and dense.recipe without loading torch and torchvision.
+# dense.recipe without loading torch and torchvision.
 _EXPORTS = {
     'NORM_MODES': 'backbone', 'FeaturePyramidBackbone': 'backbone', 'create_backbone': 'backbone',
     'maskrcnn': 'detection', 'SemanticFPN': 'segmentation', 'semantic_fpn': 'segmentation',
