@@ -82,3 +82,32 @@ def test_only_the_command_line_imports_cli():
 def test_only_the_command_line_imports_the_benchmarks():
     importers = _importers(import_graph(), 'caretrans.bench', outside='caretrans.bench')
     assert importers and all(m.startswith('caretrans.cli.') for m in importers), importers
+
+
+# What each room may import (docs/architecture.md, "Package layout"): lower rooms only.
+ROOM_IMPORTS = {
+    'limits': set(), 'kernels': set(), 'data': set(),
+    'models': {'kernels', 'limits'},
+    'export': {'models', 'data', 'limits'},
+    'bench': {'models', 'export', 'limits'},
+    'runtime': {'models'},
+    'train': {'runtime', 'data', 'models', 'limits'},
+    'dense': {'runtime', 'data', 'models', 'limits'},
+}
+
+
+def _room(module: str) -> str:
+    parts = module.split('.')
+    return parts[1] if len(parts) > 1 else ''
+
+
+def test_each_room_imports_only_the_rooms_below_it():
+    graph = import_graph()
+    found = {}
+    for module, targets in graph.items():
+        room = _room(module)
+        if room in ROOM_IMPORTS:
+            found.setdefault(room, set()).update(_room(t) for t in targets if _room(t) not in ('', room))
+    upward = {room: sorted(rooms - ROOM_IMPORTS[room]) for room, rooms in found.items() if rooms - ROOM_IMPORTS[room]}
+    assert upward == {}
+    assert found['train'] >= {'runtime', 'models'} and found['dense'] >= {'runtime', 'models'}
