@@ -160,7 +160,7 @@ def _check_coco(data, source: str, require_masks: bool):
 
 def load_coco(annotation_file, require_masks: bool = True) -> 'COCO':
     """Read and check a COCO annotation file; a pycocotools COCO object for it."""
-    from pycocotools.coco import COCO  # here, so that semantic segmentation never needs pycocotools
+    from pycocotools.coco import COCO  # imported where COCO data is read (the dense extra installs it)
 
     path = Path(annotation_file)
     try:

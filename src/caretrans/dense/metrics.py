@@ -17,7 +17,7 @@ __all__ = ['detections_to_coco', 'coco_metrics', 'SegmentationMeter']
 def detections_to_coco(outputs: Sequence[Dict[str, torch.Tensor]], image_ids: Sequence[int],
                        category_ids: Sequence[int], mask_threshold: float = 0.5) -> List[dict]:
     """Mask R-CNN outputs (labels 1..K, boxes xyxy, mask probabilities) as COCO result records."""
-    from pycocotools import mask as mask_utils  # detection only: semantic segmentation never needs pycocotools
+    from pycocotools import mask as mask_utils  # mask AP: detection only
 
     results = []
     for out, image_id in zip(outputs, image_ids):
