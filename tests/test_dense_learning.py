@@ -19,6 +19,7 @@ from caretrans.dense.data import AdeSegmentation, CocoInstances
 from caretrans.dense.metrics import SegmentationMeter
 from caretrans.dense.recipe import DenseRecipe, PRESETS
 from caretrans.dense.synthetic import SEMANTIC_CLASSES, make_shapes_dataset
+from caretrans.models.checkpoint import weights_info
 from caretrans.runtime.metrics import MetricsLogger
 from caretrans.runtime.state import STATE_KEYS, load_training_state
 
@@ -79,6 +80,7 @@ def test_detection_learns(shapes, tmp_path, capsys):
     assert metrics['bbox_AP50'] > 0.4 and metrics['segm_AP50'] > 0.4 and metrics['bbox_AP'] > 0.1
     assert {'last.pth', 'model.safetensors', 'recipe.yaml', 'metrics.csv', 'curves.png'} <= {p.name for p in run.iterdir()}
     assert (metrics['epoch'], metrics['status'], metrics['run_dir']) == (7, 'finished', str(run))
+    assert weights_info(run / 'model.safetensors') == dict(model_name='care_s0', task='det', epoch='7')
     again = _run_json(capsys, ['det', 'validate', '--checkpoint', str(run / 'model.safetensors'), '--json'])
     assert again == pytest.approx({k: v for k, v in metrics.items() if k not in ('epoch', 'status', 'run_dir')})
 

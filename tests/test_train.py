@@ -1,6 +1,7 @@
 """Training: recipe and flags, distillation loss, a short run that learns, checkpoints, NaN stop, validate."""
 import dataclasses
 import json
+import shutil
 from contextlib import nullcontext
 
 import pytest
@@ -11,7 +12,8 @@ from PIL import Image
 
 from caretrans.cli import build_parser, main as cli_main
 from caretrans.cli.train import build_recipe
-from caretrans.models.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from caretrans.models.checkpoint import CheckpointError, load_checkpoint, save_atomic, weights_info
+from caretrans.models.checkpoint_info import describe
 from caretrans.runtime.state import load_training_state
 from caretrans.train.loss import DistillationLoss, base_criterion
 from caretrans.train.recipe import Recipe, load_recipe
@@ -90,8 +92,13 @@ def test_short_run_learns_and_checkpoints_roundtrip(tmp_path):
     assert records[-1]['train_loss'] < 0.5 * records[0]['train_loss']
     # 24 steps: BatchNorm's running statistics lag at first, so judge the last epoch.
     assert result.metrics['top1'] >= 75.0 and result.best_top1 == max(r['val_top1'] for r in records)
-    for name in ('recipe.yaml', 'metrics.csv', 'curves.png', 'best.pth', 'last.pth'):
+    for name in ('recipe.yaml', 'metrics.csv', 'curves.png', 'best.safetensors', 'last.pth'):
         assert (tmp_path / 'run' / name).is_file(), name
+    # The best weights: safetensors (nothing to unpickle) that say, away from their run folder, what they are.
+    best = shutil.copy(tmp_path / 'run' / 'best.safetensors', tmp_path / 'elsewhere.safetensors')
+    assert weights_info(best) == dict(model_name='care_s0', epoch=str(records.index(max(
+        records, key=lambda r: r['val_top1'])) + 1), top1=str(result.best_top1))
+    assert (describe(best).model, describe(best).num_classes, describe(best).in_chans) == ('care_s0', 10, 3)
     assert load_recipe(str(tmp_path / 'run' / 'recipe.yaml')) == recipe
     state = load_training_state(tmp_path / 'run' / 'last.pth')
     assert (state['epoch'], state['batch'], state['global_step']) == (3, 0, 24)

@@ -65,6 +65,6 @@ def run(args):
               f'{result.img_size}x{result.img_size}; {figures["test_images"]} validation images: '
               f'top-1 {figures["top1"]:.2f}%, top-5 {figures["top5"]:.2f}% after {recipe.epochs} epochs '
               f'in {minutes:.1f} min (train + eval)')
-        print(f'run folder {result.run_dir}: last.pth, best.pth, recipe.yaml, metrics.csv, curves.png'
+        print(f'run folder {result.run_dir}: last.pth, best.safetensors, recipe.yaml, metrics.csv, curves.png'
               + (', confusion.png' if 'confusion_png' in figures else ''))
     return 0

@@ -8,7 +8,7 @@ from timm.scheduler import create_scheduler_v2
 from torch.utils.data import DataLoader
 
 from ..data.loader import create_train_loader, set_position
-from ..models.checkpoint import CheckpointError, read_checkpoint, save_atomic
+from ..models.checkpoint import CheckpointError, read_checkpoint, save_weights
 from ..runtime.distributed import DistributedContext, cleanup_distributed, distribute, setup_distributed, sync_buffers
 from ..runtime.loop import (LoopState, TrainingDiverged, Updater, progress_bar, restore_training_state,
                             save_training_state, train_epoch)
@@ -116,7 +116,7 @@ def _train(recipe: DenseRecipe, run_dir: Path, resume: Optional[str], ctx: Distr
             if ctx.is_primary:
                 logger.plot()
     if ctx.is_primary:
-        save_atomic(model.state_dict(), run_dir / WEIGHTS_FILE)
+        save_weights(model, run_dir / WEIGHTS_FILE, model_name=recipe.model, task=recipe.task, epoch=loop.epoch)
     return DenseTrainResult('finished', loop.epoch, metrics, run_dir)
 
 

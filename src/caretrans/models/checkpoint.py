@@ -218,3 +218,31 @@ def save_atomic(obj: Any, path: PathLike) -> Path:
         else:
             torch.save(obj, tmp)
     return path
+
+
+def save_weights(model: nn.Module, path: PathLike, **info: Any) -> Path:
+    """A run's weights as safetensors (no pickle), atomically; `info` (model_name, epoch, ...) is kept
+    in the file's string metadata, which `weights_info` reads back."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != '.safetensors':
+        raise ValueError(f'{path}: weights are written as .safetensors')
+    state_dict = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with atomic_file(path) as tmp:
+        save_file(state_dict, tmp, metadata={k: str(v) for k, v in info.items()})
+    return path
+
+
+def weights_info(path: PathLike) -> Dict[str, str]:
+    """The metadata `save_weights` recorded in a safetensors file ({} for other files or none)."""
+    path = Path(path)
+    if path.suffix != '.safetensors':
+        return {}
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f'{path} is not a readable safetensors file: {e}') from e

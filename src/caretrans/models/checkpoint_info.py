@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .care import rename_released
-from .checkpoint import PathLike, read_checkpoint, unwrap_state_dict
+from .checkpoint import PathLike, read_checkpoint, unwrap_state_dict, weights_info
 
 __all__ = ['CheckpointInfo', 'describe']
 
@@ -35,7 +35,7 @@ def describe(path: PathLike, model: Optional[str] = None) -> CheckpointInfo:
     path = Path(path)
     checkpoint = read_checkpoint(path)
     recipe = _recorded_recipe(checkpoint, path)
-    recorded = checkpoint.get('model_name') if isinstance(checkpoint, dict) else None
+    recorded = (checkpoint.get('model_name') if isinstance(checkpoint, dict) else None) or weights_info(path).get('model_name')
     model = model or (recorded if isinstance(recorded, str) else None) or _str_or_none(recipe.get('model'))
     classifier, first_conv = _layer_names(model)
     state_dict = unwrap_state_dict(checkpoint, str(path))

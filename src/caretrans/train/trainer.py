@@ -12,7 +12,7 @@ from timm.utils import ModelEmaV3
 
 from ..data import CLASS_MAP_FILE, create_dataset, dataset_info, recorded_classes, save_class_map
 from ..data.loader import build_transform, create_eval_loader, create_train_loader, default_img_size, set_position
-from ..models.checkpoint import load_checkpoint, save_atomic
+from ..models.checkpoint import load_checkpoint, save_weights
 from ..runtime.distributed import DistributedContext, cleanup_distributed, distribute, setup_distributed, sync_buffers
 from ..runtime.loop import (LoopState, TrainingDiverged, Updater, progress_bar, restore_training_state,
                             save_training_state, train_epoch)
@@ -25,6 +25,9 @@ from .loss import DistillationLoss, base_criterion
 from .recipe import Recipe
 
 __all__ = ['train', 'TrainResult', 'TrainingDiverged']
+
+# The run's files beside recipe.yaml: its training state and its best weights (by validation top-1).
+STATE_FILE, BEST_FILE = 'last.pth', 'best.safetensors'
 
 
 @dataclass
@@ -123,7 +126,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
 
     def checkpoint():
         if ctx.is_primary:
-            save_training_state(run_dir / 'last.pth', loop, model, updater, recipe, best_top1=best_top1,
+            save_training_state(run_dir / STATE_FILE, loop, model, updater, recipe, best_top1=best_top1,
                                 model_name=recipe.model)
 
     def result(status: str) -> TrainResult:
@@ -140,14 +143,14 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
                 trained = train_epoch(ddp_model, train_loader, loss_of, updater, ctx, loop, autocast, stop, bar,
                                       on_step=_tensorboard_step(writer, optimizer))
             except TrainingDiverged as e:
-                raise TrainingDiverged(f'{e}; the last good checkpoint is {run_dir / "last.pth"}') from None
+                raise TrainingDiverged(f'{e}; the last good checkpoint is {run_dir / STATE_FILE}') from None
             finally:
                 if bar is not None:
                     bar.close()
             if trained.stopped:
                 checkpoint()
                 if ctx.is_primary:
-                    print(stop_notice(stop, loop.epoch, loop.batch, f'--resume {run_dir / "last.pth"}'), flush=True)
+                    print(stop_notice(stop, loop.epoch, loop.batch, f'--resume {run_dir / STATE_FILE}'), flush=True)
                 return result(stop.signal or 'stopped')
 
             sync_buffers(model, ctx)
@@ -161,8 +164,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
                 best_top1 = top1
                 if ctx.is_primary:
                     best = ema.module if ema is not None and top1 == record.get('ema_val_top1') else model
-                    save_atomic(dict(state_dict=best.state_dict(), epoch=loop.epoch, top1=top1,
-                                     model_name=recipe.model), run_dir / 'best.pth')
+                    save_weights(best, run_dir / BEST_FILE, model_name=recipe.model, epoch=loop.epoch, top1=top1)
             checkpoint()
             metrics_log.log(record)
             if writer is not None:
