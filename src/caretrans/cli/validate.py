@@ -5,7 +5,7 @@ import json
 def add_parser(subparsers):
     p = subparsers.add_parser('validate', help='top-1/top-5/loss of a checkpoint (ours or released-format)')
     p.add_argument('--model', '-m', help='timm model name (default: the one recorded in the checkpoint, else care_s0)')
-    p.add_argument('--checkpoint', required=True, help='a run's best.safetensors / last.pth, a released .pth.tar, or safetensors')
+    p.add_argument('--checkpoint', required=True, help="a run's best.safetensors / last.pth, a released .pth.tar, or safetensors")
     p.add_argument('--data', required=True, help="'fashion-mnist', 'synthetic' or a folder with a val/ sub-folder")
     p.add_argument('--split', default='val', choices=['train', 'val'])
     p.add_argument('--class-map', metavar='FILE',
