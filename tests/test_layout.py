@@ -90,7 +90,7 @@ ROOM_IMPORTS = {
     'models': {'kernels', 'limits'},
     'export': {'models', 'data', 'limits'},
     'bench': {'models', 'export', 'limits'},
-    'runtime': {'models'},
+    'runtime': {'models', 'data'},
     'train': {'runtime', 'data', 'models', 'limits'},
     'dense': {'runtime', 'data', 'models', 'limits'},
 }

@@ -7,14 +7,14 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch.utils.data import DataLoader
 
-from ..data.loader import create_train_loader, set_position
+from ..data.loader import create_train_loader
 from ..models.checkpoint import CheckpointError, read_checkpoint, save_weights
 from ..runtime.distributed import DistributedContext, cleanup_distributed, distribute, setup_distributed, sync_buffers
-from ..runtime.loop import (LoopState, TrainingDiverged, Updater, progress_bar, restore_training_state,
-                            save_training_state, train_epoch)
+from ..runtime.loop import (LoopState, run_epoch, Updater, restore_training_state,
+                            save_training_state)
 from ..runtime.metrics import MetricsLogger
 from ..runtime.precision import autocast_factory
-from ..runtime.signals import GracefulStop, stop_notice
+from ..runtime.signals import GracefulStop
 from ..runtime.state import already_finished, read_resume_state, seed_everything
 from .recipe import DenseRecipe
 from .tasks import make_task
@@ -89,20 +89,9 @@ def _train(recipe: DenseRecipe, run_dir: Path, resume: Optional[str], ctx: Distr
 
     with GracefulStop() as stop:
         while loop.epoch < recipe.epochs:
-            set_position(train_loader, loop.epoch, loop.batch)
-            bar = progress_bar(progress and ctx.is_primary, f'{recipe.task} epoch {loop.epoch + 1}/{recipe.epochs}',
-                               train_loader.sampler.batches_per_epoch, loop.batch)
-            try:
-                trained = train_epoch(ddp, train_loader, loss_of, updater, ctx, loop, autocast, stop, bar)
-            except TrainingDiverged as e:
-                raise TrainingDiverged(f'{e}; the last good checkpoint is {run_dir / STATE_FILE}') from None
-            finally:
-                if bar is not None:
-                    bar.close()
+            trained = run_epoch(ddp, train_loader, loss_of, updater, ctx, loop, run_dir / STATE_FILE, checkpoint,
+                                f'{recipe.task} epoch {loop.epoch + 1}/{recipe.epochs}', autocast, stop, progress)
             if trained.stopped:
-                checkpoint()
-                if ctx.is_primary:
-                    print(stop_notice(stop, loop.epoch, loop.batch, f'--resume {run_dir / STATE_FILE}'), flush=True)
                 return DenseTrainResult(stop.signal or 'stopped', loop.epoch, metrics, run_dir)
 
             record = dict(epoch=loop.epoch, step=loop.global_step, train_loss=loop.epoch_loss, lr=updater.lr)

@@ -9,11 +9,13 @@ from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..data.loader import set_position
 from ..models.checkpoint import save_atomic
 from .distributed import DistributedContext
+from .signals import stop_notice
 from .state import capture_rng_state, restore_rng_state
 
-__all__ = ['TrainingDiverged', 'LoopState', 'Updater', 'EpochResult', 'train_epoch', 'save_training_state',
+__all__ = ['TrainingDiverged', 'LoopState', 'Updater', 'EpochResult', 'train_epoch', 'run_epoch', 'save_training_state',
            'restore_training_state', 'progress_bar']
 
 
@@ -153,6 +155,29 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_of: Callable[[Any, int]
         if stopping:
             return EpochResult(_rate(images_seen, start, ctx), True)
     return EpochResult(_rate(images_seen, start, ctx), False)
+
+
+def run_epoch(model: nn.Module, loader, loss_of: Callable[[Any, int], Tuple[torch.Tensor, int]], updater: Updater,
+              ctx: DistributedContext, loop: LoopState, state_file: os.PathLike, save: Callable[[], None], desc: str,
+              autocast=contextlib.nullcontext, stop=None, progress: bool = True,
+              on_step: Optional[Callable[[int, float], None]] = None) -> EpochResult:
+    """`train_epoch` with what every task does around it: the loader at the run's position, a progress
+    bar on rank 0, the last good checkpoint named when the loss diverges, and, when a signal stops the
+    epoch, the training state saved (`save`) and how to resume it printed."""
+    set_position(loader, loop.epoch, loop.batch)
+    bar = progress_bar(progress and ctx.is_primary, desc, loader.sampler.batches_per_epoch, loop.batch)
+    try:
+        trained = train_epoch(model, loader, loss_of, updater, ctx, loop, autocast, stop, bar, on_step)
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f'{e}; the last good checkpoint is {state_file}') from None
+    finally:
+        if bar is not None:
+            bar.close()
+    if trained.stopped:
+        save()
+        if ctx.is_primary:
+            print(stop_notice(stop, loop.epoch, loop.batch, f'--resume {state_file}'), flush=True)
+    return trained
 
 
 def _agree(step_losses: torch.Tensor, stop: bool, ctx: DistributedContext) -> Tuple[float, bool, bool]:

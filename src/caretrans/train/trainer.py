@@ -11,14 +11,14 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
 from ..data import CLASS_MAP_FILE, create_dataset, dataset_info, recorded_classes, save_class_map
-from ..data.loader import build_transform, create_eval_loader, create_train_loader, default_img_size, set_position
+from ..data.loader import build_transform, create_eval_loader, create_train_loader, default_img_size
 from ..models.checkpoint import load_checkpoint, save_weights
 from ..runtime.distributed import DistributedContext, cleanup_distributed, distribute, setup_distributed, sync_buffers
-from ..runtime.loop import (LoopState, TrainingDiverged, Updater, progress_bar, restore_training_state,
-                            save_training_state, train_epoch)
+from ..runtime.loop import (LoopState, run_epoch, TrainingDiverged, Updater, restore_training_state,
+                            save_training_state)
 from ..runtime.metrics import MetricsLogger
 from ..runtime.precision import mixed_precision
-from ..runtime.signals import GracefulStop, stop_notice
+from ..runtime.signals import GracefulStop
 from ..runtime.state import already_finished, read_resume_state, seed_everything
 from .engine import classification_loss, evaluate
 from .loss import DistillationLoss, base_criterion
@@ -136,21 +136,10 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
     last_eval: Dict[str, Any] = {}
     with GracefulStop() as stop:
         while loop.epoch < recipe.epochs:
-            set_position(train_loader, loop.epoch, loop.batch)
-            bar = progress_bar(progress and ctx.is_primary, f'epoch {loop.epoch + 1}/{recipe.epochs}',
-                               train_loader.sampler.batches_per_epoch, loop.batch)
-            try:
-                trained = train_epoch(ddp_model, train_loader, loss_of, updater, ctx, loop, autocast, stop, bar,
-                                      on_step=_tensorboard_step(writer, optimizer))
-            except TrainingDiverged as e:
-                raise TrainingDiverged(f'{e}; the last good checkpoint is {run_dir / STATE_FILE}') from None
-            finally:
-                if bar is not None:
-                    bar.close()
+            trained = run_epoch(ddp_model, train_loader, loss_of, updater, ctx, loop, run_dir / STATE_FILE, checkpoint,
+                                f'epoch {loop.epoch + 1}/{recipe.epochs}', autocast, stop, progress,
+                                on_step=_tensorboard_step(writer, optimizer))
             if trained.stopped:
-                checkpoint()
-                if ctx.is_primary:
-                    print(stop_notice(stop, loop.epoch, loop.batch, f'--resume {run_dir / STATE_FILE}'), flush=True)
                 return result(stop.signal or 'stopped')
 
             sync_buffers(model, ctx)
