@@ -1,5 +1,5 @@
 """What every training run shares, whatever its task: processes, checkpoints, signals, metrics, precision."""
-import importlib
+from ..lazy import lazy_exports
 
 # Public names and their modules, imported on first use (PEP 562): the CLI's parsers import this
 # package without loading torch.
@@ -14,12 +14,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f'.{_EXPORTS[name]}', __name__), name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
