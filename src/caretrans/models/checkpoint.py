@@ -208,13 +208,14 @@ def atomic_file(path: PathLike) -> Iterator[str]:
         stale.unlink(missing_ok=True)
 
 
-def save_atomic(obj: Any, path: PathLike) -> Path:
-    """Write with torch.save (or safetensors for a '.safetensors' path) through a temp file and rename."""
+def save_atomic(obj: Any, path: PathLike, metadata: Optional[Dict[str, str]] = None) -> Path:
+    """Write with torch.save (or safetensors, with its string `metadata`, for a '.safetensors' path)
+    through a temp file and rename."""
     path = Path(path)
     with atomic_file(path) as tmp:
         if path.suffix == '.safetensors':
             from safetensors.torch import save_file
-            save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
+            save_file({k: v.detach().contiguous() for k, v in obj.items()}, tmp, metadata=metadata)
         else:
             torch.save(obj, tmp)
     return path
@@ -223,15 +224,9 @@ def save_atomic(obj: Any, path: PathLike) -> Path:
 def save_weights(model: nn.Module, path: PathLike, **info: Any) -> Path:
     """A run's weights as safetensors (no pickle), atomically; `info` (model_name, epoch, ...) is kept
     in the file's string metadata, which `weights_info` reads back."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if path.suffix != '.safetensors':
+    if Path(path).suffix != '.safetensors':
         raise ValueError(f'{path}: weights are written as .safetensors')
-    state_dict = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_file(path) as tmp:
-        save_file(state_dict, tmp, metadata={k: str(v) for k, v in info.items()})
-    return path
+    return save_atomic(model.state_dict(), path, metadata={k: str(v) for k, v in info.items()})
 
 
 def weights_info(path: PathLike) -> Dict[str, str]:
