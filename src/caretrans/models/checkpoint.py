@@ -14,8 +14,11 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Unio
 import torch
 import torch.nn as nn
 
+from .card import CARD_KEY, ModelCard
+
 __all__ = ['CheckpointError', 'read_checkpoint', 'unwrap_state_dict', 'match_state_dict', 'filter_state_dict',
-           'load_checkpoint', 'save_atomic', 'atomic_file']
+           'load_checkpoint', 'save_atomic', 'atomic_file', 'save_weights', 'weights_info', 'read_card',
+           'card_of']
 
 PathLike = Union[str, os.PathLike]
 # A timm pretrained filter: filter_fn(checkpoint, model) -> the state dict to load.
@@ -177,6 +180,9 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True,
     finally:
         _LOADING.reset(token)
     model.load_state_dict(state_dict, strict=False)  # what did not fit is checked by the filter
+    card = card_of(checkpoint, path)
+    if card is not None and card.num_classes == getattr(model, 'num_classes', None):
+        card.apply(model)  # its labels and preprocessing describe this model now
     return model
 
 
@@ -221,12 +227,16 @@ def save_atomic(obj: Any, path: PathLike, metadata: Optional[Dict[str, str]] = N
     return path
 
 
-def save_weights(model: nn.Module, path: PathLike, **info: Any) -> Path:
-    """A run's weights as safetensors (no pickle), atomically; `info` (model_name, epoch, ...) is kept
-    in the file's string metadata, which `weights_info` reads back."""
+def save_weights(model: nn.Module, path: PathLike, card: Optional[ModelCard] = None, **info: Any) -> Path:
+    """A run's weights as safetensors (no pickle), atomically; `info` (model_name, epoch, ...) and the
+    model `card` (as JSON under CARD_KEY) are kept in the file's string metadata, which `weights_info`
+    and `read_card` read back."""
     if Path(path).suffix != '.safetensors':
         raise ValueError(f'{path}: weights are written as .safetensors')
-    return save_atomic(model.state_dict(), path, metadata={k: str(v) for k, v in info.items()})
+    metadata = {k: str(v) for k, v in info.items()}
+    if card is not None:
+        metadata[CARD_KEY] = card.to_json()
+    return save_atomic(model.state_dict(), path, metadata=metadata)
 
 
 def weights_info(path: PathLike) -> Dict[str, str]:
@@ -241,3 +251,21 @@ def weights_info(path: PathLike) -> Dict[str, str]:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f'{path} is not a readable safetensors file: {e}') from e
+
+
+def card_of(checkpoint: Any, path: PathLike) -> Optional[ModelCard]:
+    """The model card recorded with a checkpoint already read from `path` (a training state's entry or a
+    safetensors file's metadata), or None; a malformed card raises a CheckpointError naming the file."""
+    values = checkpoint.get(CARD_KEY) if isinstance(checkpoint, dict) else None
+    try:
+        if isinstance(values, dict):
+            return ModelCard.from_dict(values, str(path))
+        text = weights_info(path).get(CARD_KEY)
+        return ModelCard.from_json(text, str(path)) if text is not None else None
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def read_card(path: PathLike) -> Optional[ModelCard]:
+    """The model card recorded with the weights at `path`, or None."""
+    return card_of(read_checkpoint(path), path)

@@ -4,7 +4,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .care import rename_released
-from .checkpoint import PathLike, read_checkpoint, unwrap_state_dict, weights_info
+from .card import ModelCard
+from .checkpoint import PathLike, card_of, read_checkpoint, unwrap_state_dict, weights_info
 
 __all__ = ['CheckpointInfo', 'describe']
 
@@ -20,6 +21,7 @@ class CheckpointInfo:
     in_chans: Optional[int]  # input channels of the first conv
     img_size: Optional[int]  # the training image size, if the recipe records one
     recipe: Dict[str, Any]  # the training recipe inside the checkpoint, else the one beside it
+    card: Optional[ModelCard] = None  # the model card recorded with the weights
 
     def model_kwargs(self) -> Dict[str, int]:
         """The `timm.create_model` arguments the weights fix: num_classes and in_chans, those known."""
@@ -34,9 +36,11 @@ def describe(path: PathLike, model: Optional[str] = None) -> CheckpointInfo:
     """
     path = Path(path)
     checkpoint = read_checkpoint(path)
+    card = card_of(checkpoint, path)
     recipe = _recorded_recipe(checkpoint, path)
     recorded = (checkpoint.get('model_name') if isinstance(checkpoint, dict) else None) or weights_info(path).get('model_name')
-    model = model or (recorded if isinstance(recorded, str) else None) or _str_or_none(recipe.get('model'))
+    model = (model or (card.architecture if card is not None else None)
+             or (recorded if isinstance(recorded, str) else None) or _str_or_none(recipe.get('model')))
     classifier, first_conv = _layer_names(model)
     state_dict = unwrap_state_dict(checkpoint, str(path))
     head, stem = _find(state_dict, f'{classifier}.weight'), _find(state_dict, f'{first_conv}.weight')
@@ -45,8 +49,9 @@ def describe(path: PathLike, model: Optional[str] = None) -> CheckpointInfo:
         model=model,
         num_classes=int(head.shape[0]) if getattr(head, 'ndim', None) == 2 else None,
         in_chans=int(stem.shape[1]) if getattr(stem, 'ndim', None) == 4 else None,
-        img_size=recipe.get('img_size'),
+        img_size=card.img_size if card is not None else recipe.get('img_size'),
         recipe=recipe,
+        card=card,
     )
 
 
