@@ -88,7 +88,7 @@ def test_short_run_learns_and_checkpoints_roundtrip(tmp_path):
     recipe = Recipe(**TINY)
     result = train(recipe, tmp_path / 'run', progress=False)
     records = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
-    assert [r['epoch'] for r in records] == [0, 1, 2]
+    assert [r['epoch'] for r in records] == [1, 2, 3]  # one numbering: the bar's, the log's, the weights'
     assert records[-1]['train_loss'] < 0.5 * records[0]['train_loss']
     # 24 steps: BatchNorm's running statistics lag at first, so judge the last epoch.
     assert result.metrics['top1'] >= 75.0 and result.best_top1 == max(r['val_top1'] for r in records)
@@ -96,8 +96,8 @@ def test_short_run_learns_and_checkpoints_roundtrip(tmp_path):
         assert (tmp_path / 'run' / name).is_file(), name
     # The best weights: safetensors (nothing to unpickle) that say, away from their run folder, what they are.
     best = shutil.copy(tmp_path / 'run' / 'best.safetensors', tmp_path / 'elsewhere.safetensors')
-    assert weights_info(best) == dict(model_name='care_s0', epoch=str(records.index(max(
-        records, key=lambda r: r['val_top1'])) + 1), top1=str(result.best_top1))
+    assert weights_info(best) == dict(model_name='care_s0', epoch=str(max(records, key=lambda r: r['val_top1'])['epoch']),
+                                      top1=str(result.best_top1))
     assert (describe(best).model, describe(best).num_classes, describe(best).in_chans) == ('care_s0', 10, 3)
     assert load_recipe(str(tmp_path / 'run' / 'recipe.yaml')) == recipe
     state = load_training_state(tmp_path / 'run' / 'last.pth')
@@ -237,7 +237,7 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoi
     argv = ['train', '--recipe', str(_write_recipe(tmp_path, epochs=2)), '--output', str(run), '--no-progress']
     assert cli_main(argv) == 3
     err = capsys.readouterr().err
-    assert 'not finite' in err and 'epoch 1, batch 2, optimiser step 11' in err and 'last.pth' in err
+    assert 'not finite' in err and 'epoch 2, batch 3, optimiser step 11' in err and 'last.pth' in err
     state = load_training_state(run / 'last.pth')
     assert (state['epoch'], state['batch']) == (1, 0)
     assert all(torch.isfinite(v).all() for v in state['model'].values() if v.is_floating_point())
@@ -285,7 +285,7 @@ def test_resume_continues_with_the_runs_recipe_and_more_epochs(tmp_path, capsys)
     assert (state['epoch'], state['global_step'], state['recipe']['epochs']) == (3, 24, 3)
     assert load_recipe(str(run / 'recipe.yaml')) == Recipe(**dict(TINY, epochs=3))
     records = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
-    assert [r['epoch'] for r in records] == [0, 1, 2]
+    assert [r['epoch'] for r in records] == [1, 2, 3]  # one numbering: the bar's, the log's, the weights'
     # The cosine schedule spans the 3 epochs now: after step 16 of 24 it is a quarter of the way down from
     # lr to min_lr (the 1-epoch schedule would have stayed at min_lr).
     lr, min_lr = TINY['lr'], Recipe().min_lr

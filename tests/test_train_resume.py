@@ -38,19 +38,19 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     last = tmp_path / 'interrupted' / 'last.pth'
 
     # Watch the run's folder: every last.pth a reader can see is complete; SIGTERM as soon as the
-    # first appears (epoch 0 saved), so the run stops a batch or two into epoch 1.
-    reads = 0
+    # first evaluated one appears (epoch 1 saved and evaluated), so the run stops a batch or two into epoch 2.
+    sent = False
     deadline = time.monotonic() + 240
     while interrupted.poll() is None and time.monotonic() < deadline:
         if last.exists():
-            load_training_state(last)  # raises CheckpointError on a half-written file
-            reads += 1
-            if reads == 1:
+            state = load_training_state(last)  # raises CheckpointError on a half-written file
+            if state['evaluated'] and not sent:
                 interrupted.send_signal(signal.SIGTERM)
+                sent = True
         time.sleep(0.02)
     out = interrupted.communicate(timeout=60)[0]
     assert interrupted.returncode == 143, out
-    assert 'stopped by SIGTERM at epoch 1' in out and '--resume' in out
+    assert 'stopped by SIGTERM in epoch 2, after batch' in out and '--resume' in out
     stopped = load_training_state(last)
     assert stopped['epoch'] == 1 and 0 < stopped['batch'] < 8, (stopped['epoch'], stopped['batch'])
     assert not [p.name for p in last.parent.iterdir() if p.name.endswith('.tmp')]
@@ -66,7 +66,7 @@ def test_sigterm_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(actual[k], expected[k], rtol=0, atol=1e-6, msg=k)
     # The metrics log holds each epoch once, with the numbers of the uninterrupted run.
     logged = [_metrics(tmp_path / run) for run in ('interrupted', 'reference')]
-    assert [r['epoch'] for r in logged[0]] == list(range(RECIPE['epochs']))
+    assert [r['epoch'] for r in logged[0]] == list(range(1, RECIPE['epochs'] + 1))  # numbered from 1
     assert logged[0] == logged[1]
 
 

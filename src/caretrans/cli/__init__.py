@@ -30,9 +30,18 @@ EXTRAS = {
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from ..runtime.signals import Terminated, signals_as_exceptions
+
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args) or 0
+        with signals_as_exceptions():
+            return args.func(args) or 0
+    except KeyboardInterrupt:  # training commands stop gracefully inside; this is any other moment
+        print(f'caretrans {args.command}: interrupted', file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f'caretrans {args.command}: terminated', file=sys.stderr)
+        return 143
     except (ValueError, FileNotFoundError) as e:
         print(f'caretrans {args.command}: error: {e}', file=sys.stderr)
         return 2

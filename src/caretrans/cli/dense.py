@@ -1,4 +1,5 @@
 """The `caretrans det` and `caretrans seg` commands: train, validate and synth, sharing one parser."""
+import contextlib
 import dataclasses
 import json
 import os
@@ -35,8 +36,9 @@ def _run_train(args):
     recipe, run_dir, resume = prepare_run(args, functools.partial(load_recipe, task=args.task),
                                           _DEFAULT_PRESET[args.task], prefix=f'{args.task}-')
     check_model_names([recipe.model])
-    try:
-        result = train(recipe, run_dir, resume=resume, device=args.device, progress=args.progress)
+    try:  # with --json, stdout is the JSON alone: the run's lines go to stderr
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            result = train(recipe, run_dir, resume=resume, device=args.device, progress=args.progress)
     except TrainingDiverged as e:
         print(f'caretrans {args.task}: error: {e}', file=sys.stderr)
         return 3

@@ -84,13 +84,14 @@ def resume_file(resume: Optional[str]) -> Optional[str]:
     return path
 
 
-def training_recipe(args: argparse.Namespace, load: Callable[[str], Any], default_preset: str):
-    """The recipe of --recipe, else of the resumed run's recipe.yaml, else `default_preset`, with every
-    recipe flag given applied (each value checked by the recipe)."""
-    resume = resume_file(args.resume)
+def training_recipe(args: argparse.Namespace, load: Callable[[str], Any], default_preset: str,
+                    resume: Optional[str] = None):
+    """The recipe of --recipe, else of the resumed run's recipe.yaml (`resume`: its state file), else
+    `default_preset`, with every recipe flag given applied (each value checked by the recipe) and its
+    paths made absolute, so that the run continues from any working directory."""
     saved = os.path.join(os.path.dirname(resume), 'recipe.yaml') if resume else None
     recipe = load(args.recipe or (saved if saved and os.path.isfile(saved) else default_preset))
-    recipe = dataclasses.replace(recipe, **recipe_overrides(args, type(recipe)))
+    recipe = dataclasses.replace(recipe, **recipe_overrides(args, type(recipe))).with_absolute_paths()
     if not recipe.data:
         data = next(f for f in dataclasses.fields(recipe) if f.name == 'data')
         raise ValueError(f'--data is required: {data.metadata["help"]}')
@@ -105,7 +106,7 @@ def prepare_run(args: argparse.Namespace, load: Callable[[str], Any], default_pr
     folder that holds one is refused."""
     check_at_least(args, threads=1)
     resume = resume_file(args.resume)
-    recipe = training_recipe(args, load, default_preset)
+    recipe = training_recipe(args, load, default_preset, resume)
     if args.output:
         run_dir = args.output
     elif resume:

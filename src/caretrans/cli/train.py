@@ -1,4 +1,5 @@
 """`caretrans train`: the paper's recipe (or a preset / YAML), one process or many under torchrun."""
+import contextlib
 import json
 import sys
 import time
@@ -21,9 +22,9 @@ def add_parser(subparsers):
 def build_recipe(args):
     """The recipe the command line asks for (recipe_flags.training_recipe with the classification presets)."""
     from ..train.recipe import load_recipe
-    from .recipe_flags import training_recipe
+    from .recipe_flags import resume_file, training_recipe
 
-    return training_recipe(args, load_recipe, 'imagenet')
+    return training_recipe(args, load_recipe, 'imagenet', resume_file(args.resume))
 
 
 def run(args):
@@ -39,12 +40,16 @@ def run(args):
     recipe, run_dir, resume = prepare_run(args, load_recipe, 'imagenet')
     check_model_names([recipe.model] + ([recipe.teacher] if recipe.teacher else []))
     primary = is_primary_process()
-    if primary:
-        print(recipe.to_yaml(), end='', flush=True)
+
+    def announce():  # the recipe, once everything it names was found and checked (stdout is JSON with --json)
+        if not args.json:
+            print(recipe.to_yaml(), end='', flush=True)
+
     start = time.perf_counter()
-    try:
-        result = train(recipe, run_dir, resume=resume, device=args.device, progress=args.progress,
-                       tensorboard=args.tensorboard)
+    try:  # with --json, stdout is the JSON alone: the run's lines go to stderr
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            result = train(recipe, run_dir, resume=resume, device=args.device, progress=args.progress,
+                           tensorboard=args.tensorboard, announce=announce)
     except TrainingDiverged as e:
         print(f'caretrans train: error: {e}', file=sys.stderr)
         return 3

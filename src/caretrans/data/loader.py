@@ -158,10 +158,10 @@ def set_position(loader: DataLoader, epoch: int, batch: int = 0):
 
 
 def create_eval_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, workers: int = 0,
-                       pin_memory: bool = False) -> DataLoader:
-    """Every sample exactly once across ranks (rank r takes r, r + W, ...); no padding, and unreadable
-    images dropped (`collate_readable`), so counts are exact."""
+                       pin_memory: bool = False, collate_fn=collate_readable) -> DataLoader:
+    """Every sample exactly once across ranks (rank r takes r, r + W, ...); no padding, and (with the default
+    `collate_readable`) unreadable images dropped, so counts are exact."""
     indices = range(rank, len(dataset), world_size)
     return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, collate_fn=collate_readable, pin_memory=pin_memory,
+                      num_workers=workers, collate_fn=collate_fn, pin_memory=pin_memory,
                       worker_init_fn=_ignore_stop_signals)

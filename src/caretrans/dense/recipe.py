@@ -18,7 +18,7 @@ class DenseRecipe(RecipeFields):
     # model
     model: str = field(default='care_s0', metadata=dict(help='timm backbone name'))
     backbone_checkpoint: Optional[str] = field(default=None, metadata=dict(
-        help='ImageNet classification checkpoint (ours or released-format) for the backbone'))
+        help='ImageNet classification checkpoint (ours or released-format) for the backbone', path=True))
     norm: str = field(default='frozen', metadata=dict(
         help="backbone BatchNorm: 'frozen', 'sync' or 'batch'", choices=('frozen', 'sync', 'batch')))
     drop_path: float = field(default=0.0, metadata=dict(help='stochastic depth rate of the backbone', min=0, below=1))
@@ -36,7 +36,7 @@ class DenseRecipe(RecipeFields):
     # data
     data: str = field(default='', metadata=dict(
         help='det: COCO root (<split>/ or images/<split>/, annotations/instances_<split>.json); '
-             'seg: ADE20K root (images/<split>/, annotations/<split>/)'))
+             'seg: ADE20K root (images/<split>/, annotations/<split>/)', path=True))
     train_split: str = 'train2017'
     val_split: str = 'val2017'
     num_classes: int = field(default=150, metadata=dict(help='seg: classes (det: from the annotation file)', min=1))

@@ -7,7 +7,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Subset
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from . import data as D
@@ -17,11 +16,6 @@ from .recipe import DenseRecipe
 from .segmentation import semantic_fpn
 
 __all__ = ['DetectionTask', 'SegmentationTask', 'make_task']
-
-
-def _shard(dataset: Dataset, rank: int, world_size: int) -> Dataset:
-    """Every world_size-th item from `rank`: each image is evaluated exactly once."""
-    return Subset(dataset, range(rank, len(dataset), world_size)) if world_size > 1 else dataset
 
 
 class DetectionTask:
@@ -60,9 +54,6 @@ class DetectionTask:
         images = [img.to(device) for img in images]
         targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
         return sum(model(images, targets).values())
-
-    def eval_loader_set(self, rank: int, world_size: int) -> Dataset:
-        return _shard(self.val_set, rank, world_size)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, ctx, autocast) -> Dict[str, float]:
@@ -109,9 +100,6 @@ class SegmentationTask:
         labels = labels.to(device)
         total = F.cross_entropy(model(images.to(device)), labels, ignore_index=D.IGNORE_INDEX, reduction='sum')
         return total / (labels != D.IGNORE_INDEX).sum().clamp(min=1)
-
-    def eval_loader_set(self, rank: int, world_size: int) -> Dataset:
-        return _shard(self.val_set, rank, world_size)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, ctx, autocast) -> Dict[str, object]:

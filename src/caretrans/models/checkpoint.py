@@ -1,9 +1,12 @@
 """Safe checkpoint reading, validation against a model, and atomic writing."""
 import contextlib
 import contextvars
+import errno
 import glob
+import hashlib
 import os
 import pickle
+import shutil
 import stat
 import uuid
 import warnings
@@ -17,7 +20,7 @@ import torch.nn as nn
 from .card import CARD_KEY, ModelCard
 
 __all__ = ['CheckpointError', 'read_checkpoint', 'unwrap_state_dict', 'match_state_dict', 'filter_state_dict',
-           'load_checkpoint', 'save_atomic', 'atomic_file', 'save_weights', 'weights_info', 'read_card',
+           'load_checkpoint', 'save_atomic', 'atomic_file', 'save_weights', 'weights_info', 'read_card', 'tensor_checksum',
            'card_of']
 
 PathLike = Union[str, os.PathLike]
@@ -34,7 +37,8 @@ class CheckpointError(ValueError):
 
 
 def read_checkpoint(path: PathLike) -> Any:
-    """Read a safetensors file or a `torch.save`d object without running any pickled code."""
+    """Read a safetensors file or a `torch.save`d object without running any pickled code; the tensors'
+    checksum, where `save_atomic` recorded one, is verified (a CheckpointError if they changed)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'checkpoint {path} does not exist or is not a file')
@@ -44,19 +48,57 @@ def read_checkpoint(path: PathLike) -> Any:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
-            return load_file(str(path))
+            checkpoint = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f'{path} is not a readable safetensors file: {e}') from e
+        _verify(checkpoint, _safetensors_metadata(path).get(CHECKSUM_KEY), path)
+        return checkpoint
     if not (head[:4] == b'PK\x03\x04' or head[:1] == b'\x80'):  # zip archive or legacy pickle
         raise CheckpointError(f'{path} is not a PyTorch checkpoint (neither a torch.save archive nor safetensors)')
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f'{path} holds Python objects other than tensors; refusing to unpickle it '
             f'(only weights_only checkpoints are loaded): {str(e).splitlines()[0]}') from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         raise CheckpointError(f'{path} is truncated or corrupt: {e}') from e
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get(CHECKSUM_KEY), str):
+        _verify(checkpoint, checkpoint.pop(CHECKSUM_KEY), path)
+    return checkpoint
+
+
+# save_atomic records a SHA-256 of every tensor it writes (with its place, dtype and shape): bytes changed
+# in place leave a file that still loads, and would go on to train or predict from garbage.
+CHECKSUM_KEY = 'tensors_sha256'
+
+
+def tensor_checksum(obj: Any) -> str:
+    """SHA-256 of every tensor in `obj` (nested dicts, lists and tuples), in a fixed order."""
+    digest = hashlib.sha256()
+
+    def visit(value: Any, place: str):
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            digest.update(f'{place}|{t.dtype}|{tuple(t.shape)}|'.encode())
+            if t.numel():
+                digest.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                if key != CHECKSUM_KEY:
+                    visit(value[key], f'{place}/{key}')
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f'{place}/{i}')
+
+    visit(obj, '')
+    return digest.hexdigest()
+
+
+def _verify(checkpoint: Any, recorded: Optional[str], path: Path):
+    if recorded is not None and tensor_checksum(checkpoint) != recorded:
+        raise CheckpointError(f'{path} is corrupt: its tensors no longer match the checksum recorded when it was '
+                              'saved (changed on disk after it was written); use another copy or checkpoint')
 
 
 _WRAPPER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
@@ -216,15 +258,49 @@ def atomic_file(path: PathLike) -> Iterator[str]:
 
 def save_atomic(obj: Any, path: PathLike, metadata: Optional[Dict[str, str]] = None) -> Path:
     """Write with torch.save (or safetensors, with its string `metadata`, for a '.safetensors' path)
-    through a temp file and rename."""
+    through a temp file and rename, recording the tensors' checksum (`read_checkpoint` verifies it).
+
+    A write that fails leaves `path` as it was and raises a CheckpointError saying why (for a full disk:
+    how much room the file needs)."""
     path = Path(path)
-    with atomic_file(path) as tmp:
-        if path.suffix == '.safetensors':
-            from safetensors.torch import save_file
-            save_file({k: v.detach().contiguous() for k, v in obj.items()}, tmp, metadata=metadata)
-        else:
-            torch.save(obj, tmp)
+    checksum = tensor_checksum(obj)
+    try:
+        with atomic_file(path) as tmp:
+            if path.suffix == '.safetensors':
+                from safetensors.torch import save_file
+                save_file({k: v.detach().contiguous() for k, v in obj.items()}, tmp,
+                          metadata={**(metadata or {}), CHECKSUM_KEY: checksum})
+            else:
+                torch.save({**obj, CHECKSUM_KEY: checksum} if isinstance(obj, dict) else obj, tmp)
+    except (OSError, RuntimeError) as e:
+        raise CheckpointError(_write_failure(path, obj, e)) from e
     return path
+
+
+def _write_failure(path: Path, obj: Any, error: BaseException) -> str:
+    """Why writing `obj` to `path` failed, in one line; torch.save reports a full disk as a RuntimeError
+    ('unexpected pos'), so free space is measured rather than read from the error."""
+    need = _tensor_bytes(obj)
+    kept = f'; {path} is unchanged' if path.exists() else ''
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if getattr(error, 'errno', None) == errno.ENOSPC or (free is not None and free < need * 1.1):
+        room = f', {free / 2 ** 20:.0f} MB free' if free is not None else ''
+        return f'no space left on {path.parent} to write {path.name} (need ~{need / 2 ** 20:.0f} MB{room}){kept}'
+    reason = getattr(error, 'strerror', None) or str(error).splitlines()[0]
+    return f'cannot write {path}: {reason}{kept}'
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def save_weights(model: nn.Module, path: PathLike, card: Optional[ModelCard] = None, **info: Any) -> Path:
@@ -240,7 +316,12 @@ def save_weights(model: nn.Module, path: PathLike, card: Optional[ModelCard] = N
 
 
 def weights_info(path: PathLike) -> Dict[str, str]:
-    """The metadata `save_weights` recorded in a safetensors file ({} for other files or none)."""
+    """The `info` that `save_weights` recorded in a safetensors file ({} for other files or none); the
+    card and the checksum are read by `read_card` and `read_checkpoint`."""
+    return {k: v for k, v in _safetensors_metadata(path).items() if k not in (CARD_KEY, CHECKSUM_KEY)}
+
+
+def _safetensors_metadata(path: PathLike) -> Dict[str, str]:
     path = Path(path)
     if path.suffix != '.safetensors':
         return {}
@@ -260,7 +341,7 @@ def card_of(checkpoint: Any, path: PathLike) -> Optional[ModelCard]:
     try:
         if isinstance(values, dict):
             return ModelCard.from_dict(values, str(path))
-        text = weights_info(path).get(CARD_KEY)
+        text = _safetensors_metadata(path).get(CARD_KEY)
         return ModelCard.from_json(text, str(path)) if text is not None else None
     except ValueError as e:
         raise CheckpointError(str(e)) from None

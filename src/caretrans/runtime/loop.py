@@ -16,7 +16,7 @@ from .signals import stop_notice
 from .state import capture_rng_state, restore_rng_state
 
 __all__ = ['TrainingDiverged', 'LoopState', 'Updater', 'EpochResult', 'train_epoch', 'run_epoch', 'save_training_state',
-           'restore_training_state', 'progress_bar']
+           'restore_training_state', 'progress_bar', 'evaluation_progress']
 
 
 class TrainingDiverged(RuntimeError):
@@ -140,7 +140,7 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_of: Callable[[Any, int]
         if diverged:
             updater.optimizer.zero_grad(set_to_none=True)
             raise TrainingDiverged(
-                f'loss is {step_losses.tolist()} (not finite on some rank) at epoch {loop.epoch}, batch {batch}, '
+                f'loss is {step_losses.tolist()} (not finite on some rank) in epoch {loop.epoch + 1}, batch {batch + 1}, '
                 f'optimiser step {loop.global_step + 1}; stopped before applying it')
         loop.global_step += 1
         updater.step(model, loop.global_step)
@@ -225,3 +225,14 @@ def progress_bar(enabled: bool, desc: str, total: int, initial: int = 0):
         return None
     from tqdm import tqdm
     return tqdm(total=total, initial=initial, desc=desc, unit='batch', dynamic_ncols=True, mininterval=2.0)
+
+
+def evaluation_progress(loader: Iterable, enabled: bool, desc: str = 'evaluation') -> Iterable:
+    """`loader`, with a progress bar over its batches when `enabled` (it disappears when done)."""
+    if not enabled:
+        return loader
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the core install (no [train] extra) evaluates without a bar
+        return loader
+    return tqdm(loader, desc=desc, unit='batch', dynamic_ncols=True, mininterval=2.0, leave=False)

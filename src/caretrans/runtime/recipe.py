@@ -1,6 +1,7 @@
 """The recipe base: a dataclass of checked fields, its YAML round trip, and reading presets or YAML files."""
 import dataclasses
 import math
+import os
 import typing
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -29,6 +30,18 @@ class RecipeFields:
         path = Path(path)
         path.write_text(self.to_yaml())
         return path
+
+    def with_absolute_paths(self, base: Optional[str] = None):
+        """This recipe with each path field (metadata `path`) that names an existing file or folder made
+        absolute against `base` (default: the working directory); other values, e.g. 'fashion-mnist', stay."""
+        changes = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get('path') and isinstance(value, str) and value and not os.path.isabs(value):
+                candidate = os.path.join(base or os.getcwd(), value)
+                if os.path.exists(candidate):
+                    changes[f.name] = os.path.normpath(candidate)
+        return dataclasses.replace(self, **changes) if changes else self
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

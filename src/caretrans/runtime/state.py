@@ -11,9 +11,10 @@ from ..models.checkpoint import CheckpointError, read_checkpoint
 __all__ = ['seed_everything', 'capture_rng_state', 'restore_rng_state', 'load_training_state', 'recipe_changes',
            'read_resume_state', 'already_finished', 'RESUMABLE_FIELDS', 'STATE_KEYS']
 
-# Recipe fields a resumed run may change: they do not alter what is computed. `epochs` may also
-# grow: the run trains on with its schedule recomputed for the new length.
-RESUMABLE_FIELDS = ('workers', 'compile')
+# Recipe fields a resumed run may change: they do not alter what is computed (`data`: the same data
+# moved elsewhere; the run's classes stay matched by name). `epochs` may also grow: the run trains on
+# with its schedule recomputed for the new length.
+RESUMABLE_FIELDS = ('workers', 'compile', 'data')
 # What every task's training state holds, whatever else it adds.
 STATE_KEYS = frozenset({'model', 'optimizer', 'scheduler', 'epoch', 'batch', 'global_step', 'rng', 'recipe'})
 
@@ -83,11 +84,21 @@ def read_resume_state(path: os.PathLike, recipe) -> Dict[str, Any]:
         raise CheckpointError(f'{path} is a checkpoint of {state["recipe"].get("model")!r}, '
                               f'not of {recipe.model!r}')
     grows = recipe.epochs >= state['recipe'].get('epochs', recipe.epochs + 1)
-    changed = recipe_changes(state['recipe'], recipe.to_dict(), free=RESUMABLE_FIELDS + (('epochs',) * grows))
+    changed = recipe_changes(_absolute(state['recipe'], recipe), recipe.to_dict(),
+                             free=RESUMABLE_FIELDS + (('epochs',) * grows))
     if changed:
         raise CheckpointError(f'{path} was trained with another recipe; resuming would not continue that run. '
                               f'Differences: ' + '; '.join(changed))
     return state
+
+
+def _absolute(saved: Dict[str, Any], recipe) -> Dict[str, Any]:
+    """A saved recipe with its paths absolute, as a recipe being resumed has them (a run saved with
+    relative paths is compared from the working directory it is resumed in)."""
+    try:
+        return type(recipe).from_dict(saved).with_absolute_paths().to_dict()
+    except ValueError:  # not a recipe of this version: compared as it is
+        return saved
 
 
 def already_finished(state: Dict[str, Any], epochs: int, path: os.PathLike, primary: bool) -> bool:

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..runtime.distributed import DistributedContext
-from ..runtime.loop import TrainingDiverged
+from ..runtime.loop import TrainingDiverged, evaluation_progress
 
 __all__ = ['classification_loss', 'evaluate']
 
@@ -43,15 +43,16 @@ def _usable_batch(items, batch: int, pairs: bool):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, ctx: DistributedContext, autocast=contextlib.nullcontext,
-             channels_last: bool = False, num_classes: Optional[int] = None) -> Dict[str, object]:
+             channels_last: bool = False, num_classes: Optional[int] = None, progress: bool = False
+             ) -> Dict[str, object]:
     """Cross-entropy loss, top-1 and top-5 (%) over all ranks' shards; with `num_classes`, also the
-    confusion matrix (rows: true class, columns: predicted)."""
+    confusion matrix (rows: true class, columns: predicted). `progress`: a progress bar over the batches."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     correct = torch.zeros(2, dtype=torch.float64, device=ctx.device)
     count = torch.zeros((), dtype=torch.float64, device=ctx.device)
     confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.int64, device=ctx.device)
-    for batch in loader:
+    for batch in evaluation_progress(loader, progress):
         if batch is None:  # every image of it was unreadable, and left out
             continue
         images, targets = batch[0].to(ctx.device), batch[1].to(ctx.device)

@@ -21,9 +21,10 @@ class Recipe(RecipeFields):
     in_chans: Optional[int] = field(default=None, metadata=dict(help="input channels (default: the data's)", min=1))
     initial_checkpoint: Optional[str] = field(default=None, metadata=dict(
         help='weights to start from (ours, released .pth.tar or safetensors); a classifier of another '
-             'class count is left fresh'))
+             'class count is left fresh', path=True))
     # data
-    data: str = field(default='', metadata=dict(help="'fashion-mnist', 'synthetic' or a folder with train/ and val/"))
+    data: str = field(default='', metadata=dict(
+        help="'fashion-mnist', 'synthetic' or a folder with train/ and val/", path=True))
     num_classes: Optional[int] = field(default=None, metadata=dict(help="default: the data's", min=1))
     img_size: Optional[int] = field(default=None, metadata=dict(
         help='training and evaluation input size (default: 224; low-resolution data: a multiple of 32, >= 64)',
@@ -57,7 +58,9 @@ class Recipe(RecipeFields):
         help='gradient-norm clipping (default: off)', above=0))
     # distillation (DeiT, hard)
     teacher: Optional[str] = field(default=None, metadata=dict(help='timm model name of the teacher'))
-    teacher_checkpoint: Optional[str] = field(default=None, metadata=dict(help="the teacher's weights"))
+    teacher_checkpoint: Optional[str] = field(default=None, metadata=dict(help="the teacher's weights", path=True))
+    teacher_pretrained: bool = field(default=False, metadata=dict(
+        help="the teacher's timm pretrained weights (timm downloads them, or reads its cache)"))
     # speed and numerics
     model_ema: bool = False
     model_ema_decay: float = field(default=0.9998, metadata=dict(min=0, max=1))
@@ -69,6 +72,14 @@ class Recipe(RecipeFields):
     sync_bn: bool = field(default=False, metadata=dict(help='synchronised BatchNorm across GPUs (CUDA only)'))
     seed: int = field(default=0, metadata=dict(min=0))
     deterministic: bool = field(default=False, metadata=dict(help='deterministic kernels (slower)'))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.teacher is None and (self.teacher_checkpoint or self.teacher_pretrained):
+            raise ValueError('recipe fields teacher_checkpoint / teacher_pretrained: they need --teacher MODEL')
+        if self.teacher is not None and bool(self.teacher_checkpoint) == self.teacher_pretrained:
+            raise ValueError(f'recipe field teacher: {self.teacher!r} needs its weights, from exactly one of '
+                             '--teacher-checkpoint FILE or --teacher-pretrained (a random teacher would teach noise)')
 
     def global_batch(self, world_size: int) -> int:
         return self.batch_size * self.grad_accum_steps * world_size
@@ -90,9 +101,18 @@ FASHION_MNIST_QUICK = dict(
     reprob=0.0, crop_pct=1.0, mixup=0.0, cutmix=0.0, smoothing=0.0, channels_last=True,
 )
 
+# Fine-tuning pretrained weights (--initial-checkpoint) on a small image folder: a short schedule that
+# leaves its one warm-up epoch at once, a fixed lr an order below the from-scratch one, no mixup or
+# cutmix (they blur the few examples of each class), milder crops and no erasing.
+FINETUNE = dict(
+    epochs=10, warmup_epochs=1, warmup_lr=1e-6, lr=5e-4, min_lr=1e-6, batch_size=32, workers=2, drop_path=0.05,
+    scale=(0.35, 1.0), mixup=0.0, cutmix=0.0, reprob=0.0, smoothing=0.1,
+)
+
 PRESETS: Dict[str, Dict[str, Any]] = {
     'imagenet': {},
     'fashion-mnist-quick': FASHION_MNIST_QUICK,
+    'finetune': FINETUNE,
 }
 
 

@@ -1,10 +1,12 @@
-"""`train(recipe, run_dir)`: data, model, loss, optimiser, schedule, then epochs with checkpoints."""
+"""`train(recipe, run_dir)`: classification on runtime's `fit`: data, model, loss, optimiser and evaluation."""
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import timm
 import torch
+import torch.nn as nn
 from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -12,22 +14,19 @@ from timm.utils import ModelEmaV3
 
 from ..data import CLASS_MAP_FILE, create_dataset, dataset_info, recorded_classes, save_class_map
 from ..data.loader import build_transform, create_eval_loader, create_train_loader, default_img_size
-from ..models.checkpoint import load_checkpoint, save_weights
-from ..runtime.distributed import DistributedContext, cleanup_distributed, distribute, setup_distributed, sync_buffers
-from ..runtime.loop import (LoopState, run_epoch, TrainingDiverged, Updater, restore_training_state,
-                            save_training_state)
-from ..runtime.metrics import MetricsLogger
+from ..models.card import ModelCard
+from ..models.checkpoint import load_checkpoint
+from ..runtime.distributed import DistributedContext, cleanup_distributed, setup_distributed
+from ..runtime.fit import Parts, fit
+from ..runtime.loop import TrainingDiverged, Updater
 from ..runtime.precision import mixed_precision
-from ..runtime.signals import GracefulStop
-from ..runtime.state import already_finished, read_resume_state, seed_everything
 from .engine import classification_loss, evaluate
 from .loss import DistillationLoss, base_criterion
 from .recipe import Recipe
 
-__all__ = ['train', 'TrainResult', 'TrainingDiverged']
+__all__ = ['train', 'TrainResult', 'TrainingDiverged', 'ClassificationTask']
 
-# The run's files beside recipe.yaml: its training state and its best weights (by validation top-1).
-STATE_FILE, BEST_FILE = 'last.pth', 'best.safetensors'
+BEST_FILE = 'best.safetensors'  # the weights of the best validation top-1 (the EMA's, with an EMA)
 
 
 @dataclass
@@ -45,142 +44,148 @@ class TrainResult:
 
 
 def train(recipe: Recipe, run_dir, resume: Optional[str] = None, device: Optional[str] = None,
-          progress: bool = True, tensorboard: bool = False) -> TrainResult:
-    """Run `recipe`, writing checkpoints, metrics and curves into `run_dir` (rank 0 only)."""
+          progress: bool = True, tensorboard: bool = False, announce: Callable[[], None] = lambda: None
+          ) -> TrainResult:
+    """Run `recipe`, writing checkpoints, metrics and curves into `run_dir` (rank 0 only); `announce` runs
+    when the run is set up, before its first step."""
     ctx = setup_distributed(device)
     try:
-        return _train(recipe, Path(run_dir), resume, ctx, progress, tensorboard)
+        task = ClassificationTask(recipe)
+        result = fit(task, run_dir, ctx, resume, progress, tensorboard, announce)
     finally:
         cleanup_distributed()
+    best = result.best if result.best is not None else float('-inf')
+    if result.model is None:
+        return TrainResult(result.status, result.epoch, result.global_step, {}, best, result.run_dir,
+                           None, None, None, None)
+    return TrainResult(result.status, result.epoch, result.global_step, getattr(task, 'last_eval', {}), best,
+                       result.run_dir, result.model, task.img_size, task.in_chans, task.classes)
 
 
-def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: DistributedContext,
-           progress: bool, tensorboard: bool) -> TrainResult:
-    seed_everything(recipe.seed + ctx.rank, recipe.deterministic)
-    state = read_resume_state(resume, recipe) if resume else None
-    if state is not None and already_finished(state, recipe.epochs, resume, ctx.is_primary):
-        return TrainResult('already finished', state['epoch'], state['global_step'], {}, state['best_top1'],
-                           run_dir, None, None, None, None)
+class ClassificationTask:
+    """Image classification: timm transforms and loaders, mixup, DeiT distillation, EMA, top-1/top-5."""
 
-    # Data: datasets labelled by one class list (a resumed run's own), timm transforms, block-sharded
-    # loaders, mixup/cutmix.
-    classes = recorded_classes(Path(resume).parent) if resume else None
-    train_set = create_dataset(recipe.data, 'train', classes=classes)
-    info = dataset_info(train_set)
-    _check_fits_data(recipe, info)
-    img_size = recipe.img_size if recipe.img_size is not None else default_img_size(info['native_size'])
-    num_classes = recipe.num_classes if recipe.num_classes is not None else info['num_classes']
-    in_chans = recipe.in_chans if recipe.in_chans is not None else info['in_chans']
-    train_set.transform = _transform(recipe, info, img_size, training=True)
-    val_set = create_dataset(recipe.data, 'val', _transform(recipe, info, img_size, training=False),
-                             classes=info['classes'])
-    train_loader = create_train_loader(train_set, recipe.batch_size, ctx.rank, ctx.world_size,
-                                       recipe.grad_accum_steps, recipe.seed, recipe.workers,
-                                       pin_memory=ctx.device.type == 'cuda')
-    val_loader = create_eval_loader(val_set, recipe.batch_size, ctx.rank, ctx.world_size, recipe.workers,
-                                    pin_memory=ctx.device.type == 'cuda')
-    mixup_fn = _mixup(recipe, num_classes)
+    weights_file = BEST_FILE
 
-    # Model (and EMA, teacher), loss, optimiser and schedule.
-    model = timm.create_model(recipe.model, num_classes=num_classes, in_chans=in_chans,
-                              drop_path_rate=recipe.drop_path)
-    if recipe.initial_checkpoint and state is None:
-        load_checkpoint(model, recipe.initial_checkpoint)  # a classifier of another class count stays fresh
-    if hasattr(model, 'set_distilled_training'):
-        model.set_distilled_training(True)  # both heads learn, as the release trains them (DistillationLoss)
-    model = model.to(ctx.device)
-    if recipe.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    teacher = _teacher(recipe, num_classes, in_chans, ctx.device)
-    loss_fn = DistillationLoss(base_criterion(mixup_fn is not None, recipe.smoothing), teacher)
-    lr = recipe.scaled_lr(ctx.world_size)
-    optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=lr, weight_decay=recipe.weight_decay)
-    steps_per_epoch = train_loader.sampler.steps
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched=recipe.sched, num_epochs=recipe.epochs, warmup_epochs=recipe.warmup_epochs,
-        warmup_lr=recipe.warmup_lr, min_lr=recipe.min_lr, step_on_epochs=False, updates_per_epoch=steps_per_epoch)
-    ema = ModelEmaV3(model, decay=recipe.model_ema_decay) if recipe.model_ema else None
-    autocast, scaler = mixed_precision(recipe.amp_dtype if recipe.amp else None, ctx.device)
-    updater = Updater(optimizer, scheduler, recipe.grad_accum_steps, scaler, recipe.clip_grad, ema)
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
 
-    loop, best_top1 = LoopState(), float('-inf')
-    if state is not None:
-        loop, best_top1 = restore_training_state(state, model, updater, recipe.epochs), state['best_top1']
-    ddp_model = distribute(model, ctx, recipe.sync_bn)
-    eval_model = model
-    if recipe.compile:  # one compiled graph for training (through DDP), one for evaluation; same parameters
-        ddp_model, eval_model = torch.compile(ddp_model), torch.compile(model)
-    loss_of = classification_loss(ddp_model, loss_fn, ctx, mixup_fn, recipe.channels_last)
+    def build(self, ctx: DistributedContext, resume: Optional[Path]) -> Parts:
+        recipe = self.recipe
+        # Data: datasets labelled by one class list (a resumed run's own), timm transforms, block-sharded loaders.
+        train_set = create_dataset(recipe.data, 'train', classes=recorded_classes(resume.parent) if resume else None)
+        info = dataset_info(train_set)
+        _check_fits_data(recipe, info)
+        self.info, self.classes = info, info['classes']
+        self.img_size = recipe.img_size if recipe.img_size is not None else default_img_size(info['native_size'])
+        self.num_classes = recipe.num_classes if recipe.num_classes is not None else info['num_classes']
+        self.in_chans = recipe.in_chans if recipe.in_chans is not None else info['in_chans']
+        train_set.transform = self._transform(training=True)
+        self.train_set = train_set
+        self.val_set = create_dataset(recipe.data, 'val', self._transform(training=False), classes=self.classes)
+        pin = ctx.device.type == 'cuda'
+        train_loader = create_train_loader(train_set, recipe.batch_size, ctx.rank, ctx.world_size,
+                                           recipe.grad_accum_steps, recipe.seed, recipe.workers, pin_memory=pin)
+        self.val_loader = create_eval_loader(self.val_set, recipe.batch_size, ctx.rank, ctx.world_size,
+                                             recipe.workers, pin_memory=pin)
+        self.mixup = _mixup(recipe, self.num_classes)
 
-    metrics_log = MetricsLogger(run_dir, enabled=ctx.is_primary)
-    writer = _tensorboard(run_dir) if tensorboard and ctx.is_primary else None
-    if ctx.is_primary:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        recipe.save(run_dir / 'recipe.yaml')
-        save_class_map(info['classes'], run_dir / CLASS_MAP_FILE)
-        metrics_log.truncate('epoch', loop.epoch)
-        print(f'{recipe.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, '
-              f'{len(train_set)} training / {len(val_set)} validation images at {img_size}x{img_size}, '
-              f'{num_classes} classes, {in_chans} channel(s); global batch '
-              f'{recipe.global_batch(ctx.world_size)} on {ctx.world_size} process(es), lr {lr:.3g}', flush=True)
+        # Model (and EMA, teacher), loss, optimiser and schedule.
+        model = timm.create_model(recipe.model, num_classes=self.num_classes, in_chans=self.in_chans,
+                                  drop_path_rate=recipe.drop_path)
+        if recipe.initial_checkpoint and resume is None:
+            load_checkpoint(model, recipe.initial_checkpoint)  # a classifier of another class count stays fresh
+        if hasattr(model, 'set_distilled_training'):
+            model.set_distilled_training(True)  # both heads learn, as the release trains them (DistillationLoss)
+        model = model.to(ctx.device)
+        if recipe.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.loss_fn = DistillationLoss(base_criterion(self.mixup is not None, recipe.smoothing),
+                                        _teacher(recipe, self.num_classes, self.in_chans, ctx.device))
+        self.lr = recipe.scaled_lr(ctx.world_size)
+        optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=self.lr, weight_decay=recipe.weight_decay)
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched=recipe.sched, num_epochs=recipe.epochs, warmup_epochs=recipe.warmup_epochs,
+            warmup_lr=recipe.warmup_lr, min_lr=recipe.min_lr, step_on_epochs=False,
+            updates_per_epoch=train_loader.sampler.steps)
+        ema = ModelEmaV3(model, decay=recipe.model_ema_decay) if recipe.model_ema else None
+        autocast, scaler = mixed_precision(recipe.amp_dtype if recipe.amp else None, ctx.device)
+        updater = Updater(optimizer, scheduler, recipe.grad_accum_steps, scaler, recipe.clip_grad, ema)
+        self.ctx = ctx
+        if recipe.warmup_epochs >= recipe.epochs and ctx.is_primary:
+            print(f'warning: the schedule never leaves its warm-up ({recipe.warmup_epochs:g} warm-up epochs of '
+                  f'{recipe.epochs}): the learning rate stays below {self.lr:.3g} throughout; shorten --warmup-epochs '
+                  'or train longer (small data: --recipe finetune)', file=sys.stderr, flush=True)
+        return Parts(model, train_loader, updater, autocast, sync_bn=recipe.sync_bn, compile=recipe.compile)
 
-    def checkpoint():
-        if ctx.is_primary:
-            save_training_state(run_dir / STATE_FILE, loop, model, updater, recipe, best_top1=best_top1,
-                                model_name=recipe.model)
+    def loss_of(self, model: nn.Module):
+        return classification_loss(model, self.loss_fn, self.ctx, self.mixup, self.recipe.channels_last)
 
-    def result(status: str) -> TrainResult:
-        return TrainResult(status, loop.epoch, loop.global_step, last_eval, best_top1, run_dir, model, img_size,
-                           in_chans, info['classes'])
+    def evaluates(self, epoch: int) -> bool:
+        return True
 
-    last_eval: Dict[str, Any] = {}
-    with GracefulStop() as stop:
-        while loop.epoch < recipe.epochs:
-            trained = run_epoch(ddp_model, train_loader, loss_of, updater, ctx, loop, run_dir / STATE_FILE, checkpoint,
-                                f'epoch {loop.epoch + 1}/{recipe.epochs}', autocast, stop, progress,
-                                on_step=_tensorboard_step(writer, optimizer))
-            if trained.stopped:
-                return result(stop.signal or 'stopped')
+    def evaluate(self, model: nn.Module, parts: Parts, ctx: DistributedContext, progress: bool) -> Dict[str, Any]:
+        """Loss, top-1 and top-5 (and a confusion matrix for up to 50 classes); the EMA's too, with an EMA."""
+        few = self.num_classes <= 50
+        result = evaluate(model, self.val_loader, ctx, parts.autocast, self.recipe.channels_last,
+                          num_classes=self.num_classes if few else None, progress=progress and ctx.is_primary)
+        self.last_eval = result
+        metrics = dict(val_loss=result['loss'], val_top1=result['top1'], val_top5=result['top5'])
+        ema = parts.updater.ema
+        if ema is not None:
+            ema_eval = evaluate(ema.module, self.val_loader, ctx, parts.autocast, self.recipe.channels_last)
+            metrics.update(ema_val_top1=ema_eval['top1'], ema_val_loss=ema_eval['loss'])
+        bad = getattr(self.train_set, 'num_bad_images', 0) + getattr(self.val_set, 'num_bad_images', 0)
+        if bad:
+            metrics['bad_images'] = bad
+        return metrics
 
-            sync_buffers(model, ctx)
-            record, last_eval, top1 = _evaluate_epoch(eval_model, ema, val_loader, ctx, autocast, recipe, num_classes)
-            record.update(epoch=loop.epoch, train_loss=loop.epoch_loss, lr=updater.lr, train_img_s=trained.images_per_s)
-            bad_images = getattr(train_set, 'num_bad_images', 0) + getattr(val_set, 'num_bad_images', 0)
-            if bad_images:
-                record['bad_images'] = bad_images
-            loop.next_epoch()
-            if top1 > best_top1:
-                best_top1 = top1
-                if ctx.is_primary:
-                    best = ema.module if ema is not None and top1 == record.get('ema_val_top1') else model
-                    save_weights(best, run_dir / BEST_FILE, model_name=recipe.model, epoch=loop.epoch, top1=top1)
-            checkpoint()
-            metrics_log.log(record)
-            if writer is not None:
-                for key, value in record.items():
-                    writer.add_scalar(f'epoch/{key}', value, loop.epoch)
-            if ctx.is_primary:
-                metrics_log.plot()
-                print(f'epoch {record["epoch"]}: train loss {record["train_loss"]:.4f}, '
-                      f'val loss {last_eval["loss"]:.4f}, top-1 {last_eval["top1"]:.2f}%, '
-                      f'top-5 {last_eval["top5"]:.2f}%, {trained.images_per_s:.0f} img/s'
-                      + (f', {bad_images} unreadable image(s) skipped' if bad_images else ''), flush=True)
-    if writer is not None:
-        writer.close()
-    return result('finished')
+    def score(self, metrics: Dict[str, Any]) -> float:
+        """Validation top-1; the EMA's when there is one (as timm picks its best checkpoint)."""
+        return metrics.get('ema_val_top1', metrics['val_top1'])
+
+    def weights_of(self, parts: Parts, metrics: Dict[str, Any]) -> nn.Module:
+        ema = parts.updater.ema
+        return ema.module if ema is not None else parts.model
+
+    def weights_info(self, metrics: Dict[str, Any]) -> Dict[str, Any]:
+        return dict(top1=self.score(metrics))
+
+    def card(self) -> ModelCard:
+        """Labels in output order and the evaluation transform this run used."""
+        info = self.info
+        return ModelCard.for_classifier(
+            self.recipe.model, self.classes, self.img_size, self.in_chans, _per_channel(info['mean'], self.in_chans),
+            _per_channel(info['std'], self.in_chans), self.recipe.crop_pct, dataset=self.recipe.data)
+
+    def write_files(self, run_dir: Path):
+        save_class_map(self.classes, run_dir / CLASS_MAP_FILE)
+
+    def banner(self, parts: Parts, ctx: DistributedContext) -> str:
+        recipe = self.recipe
+        return (f'{recipe.model}: {sum(p.numel() for p in parts.model.parameters()) / 1e6:.2f} M params, '
+                f'{len(self.train_set)} training / {len(self.val_set)} validation images at '
+                f'{self.img_size}x{self.img_size}, {self.num_classes} classes, {self.in_chans} channel(s); global '
+                f'batch {recipe.global_batch(ctx.world_size)} on {ctx.world_size} process(es), lr {self.lr:.3g}')
+
+    def epoch_line(self, record: Dict[str, Any]) -> str:
+        bad = record.get('bad_images')
+        return (f'epoch {record["epoch"]}/{self.recipe.epochs}: train loss {record["train_loss"]:.4f}, '
+                f'val loss {record["val_loss"]:.4f}, top-1 {record["val_top1"]:.2f}%, '
+                f'top-5 {record["val_top5"]:.2f}%, {record["train_img_s"]:.0f} img/s'
+                + (f', {bad} unreadable image(s) skipped' if bad else ''))
+
+    def _transform(self, training: bool):
+        recipe, info = self.recipe, self.info
+        return build_transform(training, self.img_size, info['mean'], info['std'], recipe.scale, recipe.hflip,
+                               None if recipe.aa in (None, 'none') else recipe.aa, recipe.color_jitter,
+                               recipe.reprob, recipe.crop_pct)
 
 
-def _evaluate_epoch(model, ema, val_loader, ctx: DistributedContext, autocast, recipe: Recipe, num_classes: int):
-    """The validation figures of an epoch (of the EMA too), the evaluation of `model`, and the top-1 that picks
-    the best checkpoint (as timm: the EMA's, when there is one)."""
-    evaluation = evaluate(model, val_loader, ctx, autocast, recipe.channels_last,
-                          num_classes=num_classes if num_classes <= 50 else None)
-    record = dict(val_loss=evaluation['loss'], val_top1=evaluation['top1'], val_top5=evaluation['top5'])
-    if ema is None:
-        return record, evaluation, evaluation['top1']
-    ema_eval = evaluate(ema.module, val_loader, ctx, autocast, recipe.channels_last)
-    record.update(ema_val_top1=ema_eval['top1'], ema_val_loss=ema_eval['loss'])
-    return record, evaluation, ema_eval['top1']
+def _per_channel(values, in_chans: int):
+    """Mean or std with one value per input channel (a data set's single value serves every channel)."""
+    values = tuple(values)
+    return values * in_chans if len(values) == 1 and in_chans > 1 else values
 
 
 def _check_fits_data(recipe: Recipe, info: Dict[str, Any]):
@@ -191,12 +196,6 @@ def _check_fits_data(recipe: Recipe, info: Dict[str, Any]):
     if recipe.in_chans is not None and recipe.in_chans != info['in_chans']:
         raise ValueError(f'recipe field in_chans: {recipe.in_chans} does not fit {recipe.data}, whose images have '
                          f'{info["in_chans"]} channel(s)')
-
-
-def _transform(recipe: Recipe, info: Dict[str, Any], img_size: int, training: bool):
-    return build_transform(training, img_size, info['mean'], info['std'], recipe.scale, recipe.hflip,
-                           None if recipe.aa in (None, 'none') else recipe.aa, recipe.color_jitter, recipe.reprob,
-                           recipe.crop_pct)
 
 
 def _mixup(recipe: Recipe, num_classes: int) -> Optional[Mixup]:
@@ -210,25 +209,9 @@ def _mixup(recipe: Recipe, num_classes: int) -> Optional[Mixup]:
 
 def _teacher(recipe: Recipe, num_classes: int, in_chans: int, device: torch.device):
     if recipe.teacher is None:
-        if recipe.teacher_checkpoint is not None:
-            raise ValueError('--teacher-checkpoint needs --teacher MODEL')
         return None
-    teacher = timm.create_model(recipe.teacher, num_classes=num_classes, in_chans=in_chans)
+    teacher = timm.create_model(recipe.teacher, pretrained=recipe.teacher_pretrained, num_classes=num_classes,
+                                in_chans=in_chans)
     if recipe.teacher_checkpoint is not None:
         load_checkpoint(teacher, recipe.teacher_checkpoint)
     return teacher.to(device).eval()
-
-
-def _tensorboard(run_dir: Path):
-    from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(str(run_dir / 'tensorboard'))
-
-
-def _tensorboard_step(writer, optimizer):
-    if writer is None:
-        return None
-
-    def log(step: int, loss: float):
-        writer.add_scalar('train/loss', loss, step)
-        writer.add_scalar('train/lr', optimizer.param_groups[0]['lr'], step)
-    return log
