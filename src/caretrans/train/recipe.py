@@ -26,7 +26,8 @@ class Recipe(RecipeFields):
     data: str = field(default='', metadata=dict(help="'fashion-mnist', 'synthetic' or a folder with train/ and val/"))
     num_classes: Optional[int] = field(default=None, metadata=dict(help="default: the data's", min=1))
     img_size: Optional[int] = field(default=None, metadata=dict(
-        help='training and evaluation input size (default: 224; low-resolution data: a multiple of 32, >= 64)',
+        help='training and evaluation input size (default: 224, or for smaller images their size rounded up to '
+             "a multiple of 32 and at least 64; an image folder's size is its images' median shorter side)",
         min=MIN_INPUT_SIZE))
     batch_size: int = field(default=128, metadata=dict(help='batch per process and micro-step', min=1))
     grad_accum_steps: int = field(default=1, metadata=dict(help='micro-steps per optimiser step', min=1))

@@ -65,7 +65,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
     # Data: datasets labelled by one class list (a resumed run's own), timm transforms, block-sharded
     # loaders, mixup/cutmix.
     classes = recorded_classes(Path(resume).parent) if resume else None
-    train_set = create_dataset(recipe.data, 'train', classes=classes)
+    train_set = create_dataset(recipe.data, 'train', classes=classes, in_chans=recipe.in_chans)
     info = dataset_info(train_set)
     _check_fits_data(recipe, info)
     img_size = recipe.img_size if recipe.img_size is not None else default_img_size(info['native_size'])
@@ -73,7 +73,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
     in_chans = recipe.in_chans if recipe.in_chans is not None else info['in_chans']
     train_set.transform = _transform(recipe, info, img_size, training=True)
     val_set = create_dataset(recipe.data, 'val', _transform(recipe, info, img_size, training=False),
-                             classes=info['classes'])
+                             classes=info['classes'], in_chans=info['in_chans'])
     train_loader = create_train_loader(train_set, recipe.batch_size, ctx.rank, ctx.world_size,
                                        recipe.grad_accum_steps, recipe.seed, recipe.workers,
                                        pin_memory=ctx.device.type == 'cuda')
