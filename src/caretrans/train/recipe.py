@@ -36,7 +36,8 @@ class Recipe(RecipeFields):
     scale: Tuple[float, float] = field(default=(0.08, 1.0), metadata=dict(
         help='random-resized-crop area range', above=0, max=1, ordered=True))
     hflip: float = field(default=0.5, metadata=dict(help='horizontal flip probability', min=0, max=1))
-    aa: Optional[str] = field(default='rand-m9-mstd0.5-inc1', metadata=dict(help="timm auto-augment, or 'none'"))
+    aa: Optional[str] = field(default='rand-m9-mstd0.5-inc1', metadata=dict(
+        help="timm auto-augment (RandAugment 'rand-...', 'augmix-...', AutoAugment 'original', 'v0', ...), or 'none'"))
     color_jitter: float = field(default=0.4, metadata=dict(min=0))
     reprob: float = field(default=0.25, metadata=dict(help='random erasing probability', min=0, max=1))
     crop_pct: float = field(default=0.875, metadata=dict(

@@ -110,7 +110,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
     eval_model = model
     if recipe.compile:  # one compiled graph for training (through DDP), one for evaluation; same parameters
         ddp_model, eval_model = torch.compile(ddp_model), torch.compile(model)
-    loss_of = classification_loss(ddp_model, loss_fn, ctx, mixup_fn, recipe.channels_last)
+    loss_of = classification_loss(ddp_model, loss_fn, ctx, mixup_fn, recipe.channels_last, recipe.batch_size)
 
     metrics_log = MetricsLogger(run_dir, enabled=ctx.is_primary)
     writer = _tensorboard(run_dir) if tensorboard and ctx.is_primary else None
