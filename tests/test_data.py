@@ -140,6 +140,17 @@ def test_class_map_round_trip_and_checks(tmp_path):
         create_dataset('synthetic', 'val', classes=['a', 'b'])
 
 
+def test_a_class_map_that_is_not_a_text_file_is_named(tmp_path):
+    from caretrans.data import read_class_map
+    (tmp_path / 'blob').write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match=f'class map {tmp_path / "blob"} is not a text file of class names'):
+        read_class_map(tmp_path / 'blob')
+    with pytest.raises(ValueError, match=f'class map {tmp_path} cannot be read: Is a directory'):
+        read_class_map(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f'class map {tmp_path / "gone"} does not exist'):
+        read_class_map(tmp_path / 'gone')
+
+
 def test_collate_readable_drops_unread_items():
     from caretrans.data.loader import collate_readable
     images, labels = collate_readable([(torch.ones(2), 3), None, (torch.zeros(2), 5)])

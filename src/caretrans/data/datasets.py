@@ -298,8 +298,16 @@ def save_class_map(classes: Sequence[str], path) -> Path:
 
 
 def read_class_map(path) -> List[str]:
-    """The class names of a class_map.txt in label order, checked: none empty, none twice."""
-    lines = Path(path).read_text(encoding='utf-8').split('\n')
+    """The class names of a class_map.txt in label order, checked: none empty, none twice; a file that
+    cannot be read or is not text is a ValueError naming it (FileNotFoundError if it does not exist)."""
+    try:
+        lines = Path(path).read_text(encoding='utf-8').split('\n')
+    except UnicodeDecodeError:
+        raise ValueError(f'class map {path} is not a text file of class names, one a line') from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f'class map {path} does not exist') from None
+    except OSError as e:
+        raise ValueError(f'class map {path} cannot be read: {e.strerror or e}') from None
     classes = [line.rstrip('\r') for line in (lines[:-1] if lines[-1] == '' else lines)]
     if not classes or '' in classes:
         raise ValueError(f'{path} must list one class name a line, without blank lines')
