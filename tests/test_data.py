@@ -331,6 +331,18 @@ def test_links_in_class_folders_are_not_followed_out_of_them_and_images_count_on
     assert 'loop: it is a link out of its class folder' in caplog.text and 'self: it leads to' in caplog.text
 
 
+def test_class_folders_without_links_list_as_torchvision_does(tmp_path):
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    from caretrans.data import image_files
+    for sub in ('', 'a', 'a/b', 'a-x', 'B', 'a/b/c'):  # '-' sorts before '/': order by folder, then name
+        (tmp_path / 'c' / sub).mkdir(parents=True, exist_ok=True)
+        for name in ('z.png', 'B.jpg', 'a.png', 'x.txt'):
+            (tmp_path / 'c' / sub / name).write_bytes(b'')
+    listed = [path for path, _ in make_dataset(str(tmp_path), {'c': 0}, IMG_EXTENSIONS)]
+    assert image_files(tmp_path / 'c') == listed and len(listed) == 18  # the same samples, the same order
+
+
 def test_training_data_of_one_class_is_refused(tmp_path):
     _write_folder(tmp_path, classes=('cat',), val_classes=('cat', 'dog'))
     with pytest.raises(ValueError, match=r'holds images of 1 class\(es\) \(cat\): a classifier needs two or more'):

@@ -150,7 +150,7 @@ class ImageFolderSafe(Dataset):
 
 
 def image_files(class_dir: Path) -> List[str]:
-    """The image files under a class folder (torchvision's extensions), sorted, each file once.
+    """The image files under a class folder (torchvision's extensions, in make_dataset's order), each once.
 
     Links to files are kept (data sets are often assembled from links), but links to folders are
     followed only within the class folder and only to folders not yet walked: a link out of it (e.g.
@@ -160,23 +160,31 @@ def image_files(class_dir: Path) -> List[str]:
 
     top = os.path.realpath(class_dir)
     walked, seen, files = set(), set(), []
-    for folder, subfolders, names in os.walk(class_dir, followlinks=True):
+    pending = [str(class_dir)]
+    while pending:
+        folder = pending.pop()
         real = os.path.realpath(folder)
         inside = real == top or real.startswith(top.rstrip(os.sep) + os.sep)
         if not inside or real in walked:
             _logger.warning('not listing %s: it %s', folder, 'is a link out of its class folder' if not inside
                             else f'leads to {real}, listed already')
-            subfolders[:] = []
             continue
         walked.add(real)
-        # Folders before links, so that a folder is listed by its own path and a link to it skipped.
-        subfolders.sort(key=lambda name: (os.path.islink(os.path.join(folder, name)), name))
-        for name in sorted(names):
-            path = os.path.join(folder, name)
-            if has_file_allowed_extension(name, IMG_EXTENSIONS) and os.path.realpath(path) not in seen:
-                seen.add(os.path.realpath(path))
-                files.append(path)
-    return files
+        with os.scandir(folder) as entries:
+            entries = sorted(entries, key=lambda entry: entry.name)
+        for entry in entries:
+            if entry.is_dir() or not has_file_allowed_extension(entry.name, IMG_EXTENSIONS):
+                continue
+            # Files are told apart by their real path: a folder's own by the folder's, a link by its target.
+            key = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
+            if key not in seen:
+                seen.add(key)
+                files.append(entry.path)
+        # Depth first, in name order, folders before links to folders (so that a folder is listed by its
+        # own path and a link to it is the one skipped).
+        subfolders = sorted((entry for entry in entries if entry.is_dir()), key=lambda e: (e.is_symlink(), e.name))
+        pending.extend(entry.path for entry in reversed(subfolders))
+    return sorted(files, key=lambda path: os.path.split(path))  # torchvision's order: by folder, then name
 
 
 def _readable_files(files: List[Tuple[str, int]]) -> Tuple[List[Tuple[str, int]], List[str], List[ImageHeader]]:
