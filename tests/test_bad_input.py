@@ -103,6 +103,11 @@ def test_grayscale_image_folders_train_and_validate_with_one_channel(tmp_path, c
     assert cli_main(['validate', '--checkpoint', str(out / 'best.safetensors'), '--data', str(data), '-j', '0',
                      '--json']) == 0
     assert '"count": 4' in capsys.readouterr().out
+    # A 3-channel checkpoint reads the same folder as RGB.
+    run = _run(tmp_path)
+    assert cli_main(['validate', '--checkpoint', str(run / 'best.safetensors'), '--data', str(data), '-j', '0',
+                     '--json']) == 0
+    assert '"count": 4' in capsys.readouterr().out
 
 
 def test_a_batch_left_with_one_image_by_an_unreadable_file_says_so(tmp_path, capsys):

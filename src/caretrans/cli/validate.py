@@ -84,7 +84,7 @@ def run(args):
     import timm
     import torch
 
-    from ..data import create_dataset, dataset_info, read_class_map, recorded_classes
+    from ..data import NAMED_DATASETS, create_dataset, dataset_info, read_class_map, recorded_classes
     from ..data.loader import build_transform, check_interpolation, create_eval_loader, default_img_size
     from ..models import MIN_INPUT_SIZE, load_checkpoint
     from ..runtime.distributed import DistributedContext
@@ -102,9 +102,11 @@ def run(args):
     check_model_names([model_name])
     recorded = info.recipe
     classes = read_class_map(args.class_map) if args.class_map else recorded_classes(Path(args.checkpoint).parent)
-    # An image folder is read with the model's channel count (None: the images' own).
-    dataset = create_dataset(args.data, args.split, classes=classes,
-                             in_chans=_first_given(args.in_chans, info.in_chans, recorded.get('in_chans')))
+    # An image folder is read with the model's channel count; the named data sets have their own (weights
+    # of another count get their stem adapted by load_checkpoint, as timm does).
+    wanted_chans = _first_given(args.in_chans, recorded.get('in_chans'),
+                                None if args.data in NAMED_DATASETS else info.in_chans)
+    dataset = create_dataset(args.data, args.split, classes=classes, in_chans=wanted_chans)
     data = dataset_info(dataset)
     img_size = _first_given(args.img_size, info.img_size, default_img_size(data['native_size']))
     crop_pct = _first_given(args.crop_pct, recorded.get('crop_pct'), 0.875)

@@ -21,6 +21,8 @@ FASHION_MNIST_CLASSES = (
     'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 _FASHION_MNIST_FILES = {'train': 'train', 'val': 't10k'}
 SPLITS = ('train', 'val')
+# The data sets named rather than found in a folder; each has its own classes and channel count.
+NAMED_DATASETS = ('fashion-mnist', 'synthetic')
 # In a run folder: the classes in label order, which `caretrans validate` and a resumed run label by.
 CLASS_MAP_FILE = 'class_map.txt'
 
@@ -248,13 +250,14 @@ def create_dataset(data: str, split: str, transform: Optional[Callable] = None,
     named data sets have theirs. The training split must hold images of every class, and of two or more."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if data in ('fashion-mnist', 'synthetic'):
+    if data in NAMED_DATASETS:
         dataset = (FashionMNIST if data == 'fashion-mnist' else SyntheticImages)(split, transform, **kwargs)
         if classes is not None and list(classes) != list(dataset.classes):
             raise ValueError(f'{data} has its own {len(dataset.classes)} classes, not the {len(classes)} given '
                              f'(from {list(classes)[:3]}...; a class_map.txt of a run on other data?)')
         if in_chans is not None and in_chans != dataset.in_chans:
-            raise ValueError(f'in_chans: {in_chans} does not fit {data}, whose images have {dataset.in_chans} channel(s)')
+            raise ValueError(f'in_chans: {in_chans} does not fit {data}, whose images have {dataset.in_chans} '
+                             'channel(s)')
         if split == 'train':
             _check_trainable(data, dataset.classes, dict.fromkeys(dataset.classes, 1))
         return dataset
