@@ -41,9 +41,9 @@ def _usable_batch(items, batch: int, pairs: bool, batch_size: Optional[int] = No
     if items is None or not len(items[1]):
         raise ValueError(f'training batch {batch} has no readable image{" pair" if pairs else ""} left: the '
                          'unreadable files are logged above; remove them')
-    height, width = items[0].shape[-2:]
-    left, asked = len(items[1]), batch_size or len(items[1])
-    if left == 1 < asked and (height // MIN_INPUT_SIZE) * (width // MIN_INPUT_SIZE) == 1:
+    asked = batch_size or len(items[1])
+    if len(items[1]) == 1 < asked and math.prod(s // MIN_INPUT_SIZE for s in items[0].shape[-2:]) == 1:
+        height, width = items[0].shape[-2:]
         raise ValueError(
             f'training batch {batch} has 1 of its {asked} images left once unreadable files are dropped (logged '
             f'above): at {height}x{width} a single image leaves one value per channel at stride 32, which '
