@@ -140,6 +140,17 @@ def test_class_map_round_trip_and_checks(tmp_path):
         create_dataset('synthetic', 'val', classes=['a', 'b'])
 
 
+def test_a_class_map_that_is_not_a_text_file_is_named(tmp_path):
+    from caretrans.data import read_class_map
+    (tmp_path / 'blob').write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match=f'class map {tmp_path / "blob"} is not a text file of class names'):
+        read_class_map(tmp_path / 'blob')
+    with pytest.raises(ValueError, match=f'class map {tmp_path} cannot be read: Is a directory'):
+        read_class_map(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f'class map {tmp_path / "gone"} does not exist'):
+        read_class_map(tmp_path / 'gone')
+
+
 def test_collate_readable_drops_unread_items():
     from caretrans.data.loader import collate_readable
     images, labels = collate_readable([(torch.ones(2), 3), None, (torch.zeros(2), 5)])
@@ -233,3 +244,185 @@ def test_missing_fashion_mnist_is_an_error_not_a_download(tmp_path, monkeypatch)
     monkeypatch.setattr(datasets, 'FASHION_MNIST_DIR', tmp_path / 'none')
     with pytest.raises(FileNotFoundError, match='apt-get install dataset-fashion-mnist'):
         datasets.FashionMNIST('val')
+
+
+# ---------------------------------------------------------------- image modes, links, shapes, classes
+
+_SIXTEEN_BIT = np.array([[0, 257, 1000, 32768, 65535]], np.uint16)
+
+
+@pytest.mark.parametrize('name,make,expected', [
+    # 16-bit grey (PNG and TIFF, both byte orders) and 32-bit integers within 0..65535: scaled from 0..65535.
+    ('png16.png', lambda: Image.fromarray(_SIXTEEN_BIT), [0, 1, 4, 128, 255]),
+    ('tiff16b.tif', lambda: Image.fromarray(_SIXTEEN_BIT.astype('>u2')), [0, 1, 4, 128, 255]),
+    ('int32.tif', lambda: Image.fromarray(_SIXTEEN_BIT.astype(np.int32)), [0, 1, 4, 128, 255]),
+    # Floats are 0..1, a small overshoot clipped (1 pixel of 101 here).
+    ('float.tif', lambda: Image.fromarray(np.array([0, 0.5, 1, 0.25] + [0.1] * 95 + [1.02], np.float32).reshape(10, 10)),
+     [0, 128, 255, 64] + [26] * 95 + [255]),
+    ('bits.png', lambda: Image.fromarray(np.array([[0, 1, 1, 0]], bool)), [0, 255, 255, 0]),
+    ('grey_alpha.png', lambda: Image.new('LA', (2, 1), (100, 0)), [100, 100]),
+])
+def test_every_mode_is_read_as_grey_by_its_range(tmp_path, name, make, expected):
+    from caretrans.data import read_image
+    image = make()
+    image.save(tmp_path / name)
+    grey, colour = read_image(tmp_path / name, 'L'), read_image(tmp_path / name)
+    assert grey.mode == 'L' and np.asarray(grey).flatten().tolist() == expected
+    assert colour.mode == 'RGB' and np.asarray(colour)[..., 1].flatten().tolist() == expected
+
+
+def test_colour_modes_convert_as_pil_does(tmp_path, recwarn):
+    from caretrans.data import read_image
+    palette = Image.new('P', (2, 1))
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.putdata([0, 1])
+    palette.save(tmp_path / 'palette.png', transparency=1)
+    Image.new('RGBA', (2, 1), (10, 20, 30, 0)).save(tmp_path / 'rgba.png')
+    Image.new('CMYK', (2, 1), (0, 255, 0, 0)).save(tmp_path / 'cmyk.jpg', quality=100)
+    assert np.asarray(read_image(tmp_path / 'palette.png')).tolist() == [[[255, 0, 0], [0, 0, 255]]]
+    assert np.asarray(read_image(tmp_path / 'rgba.png'))[0, 0].tolist() == [10, 20, 30]  # the alpha dropped
+    assert np.asarray(read_image(tmp_path / 'cmyk.jpg'))[0, 0].tolist() == [255, 0, 255]
+    assert not [w for w in recwarn if 'Palette' in str(w.message)]
+
+
+@pytest.mark.parametrize('pixels,match', [
+    (np.full((4, 4), 200.0, np.float32), r'float images are read as 0\.\.1, but 100 % of its pixels lie outside'),
+    (np.array([[0.5, np.nan]], np.float32), 'NaN or infinity'),
+    (np.array([[-5, 70000]], np.int32), r'integer pixels range -5\.\.70000'),
+])
+def test_pixels_outside_their_modes_range_are_refused_and_counted(tmp_path, pixels, match):
+    from caretrans.data import UnreadableImageError, read_image
+    Image.fromarray(pixels).save(tmp_path / 'x.tif')
+    with pytest.raises(UnreadableImageError, match=match):
+        read_image(tmp_path / 'x.tif')
+    _write_folder(tmp_path / 'data')
+    Image.fromarray(pixels).save(tmp_path / 'data' / 'train' / 'dog' / 'x.tif')
+    ds = create_dataset(str(tmp_path / 'data'), 'train')
+    assert len(ds) == 7 and sum(item is None for item in ds) == 1 and ds.num_bad_images == 1
+
+
+def test_an_image_folder_of_16_bit_and_float_images_trains_on_their_real_values(tmp_path):
+    for split in ('train', 'val'):
+        for cls, value in (('dark', 0.25), ('light', 0.75)):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.fromarray(np.full((8, 8), int(value * 65535), np.uint16)).save(tmp_path / split / cls / 'a.png')
+            Image.fromarray(np.full((8, 8), value, np.float32)).save(tmp_path / split / cls / 'b.tif')
+    ds = create_dataset(str(tmp_path), 'train')
+    assert ds.in_chans == 1 and len(ds.mean) == 1
+    assert [(np.asarray(image).mean(), label) for image, label in ds] == [(64, 0), (64, 0), (191, 1), (191, 1)]
+
+
+def test_links_in_class_folders_are_not_followed_out_of_them_and_images_count_once(tmp_path, caplog):
+    import os
+    _write_folder(tmp_path)
+    cat = tmp_path / 'train' / 'cat'
+    os.symlink('..', cat / 'loop')                   # the split folder: the dog images, labelled as cats
+    os.symlink('.', cat / 'self')                    # a loop
+    (cat / 'sub').mkdir()
+    Image.new('RGB', (40, 40)).save(cat / 'sub' / 'x.png')
+    os.symlink('sub', cat / 'alias')                 # a second path to a folder within: listed once
+    os.symlink(cat / '0.png', cat / 'again.png')     # a second path to a file: listed once
+    os.symlink(tmp_path / 'val' / 'dog' / '0.png', tmp_path / 'train' / 'dog' / 'linked.png')  # a file: kept
+    with caplog.at_level(logging.WARNING):
+        ds = create_dataset(str(tmp_path), 'train')
+    names = sorted((os.path.relpath(path, tmp_path / 'train'), label) for path, label in ds.samples)
+    assert names == [('cat/0.png', 0), ('cat/1.png', 0), ('cat/2.png', 0), ('cat/sub/x.png', 0),
+                     ('dog/0.png', 1), ('dog/1.png', 1), ('dog/2.png', 1), ('dog/linked.png', 1)]
+    assert 'loop: it is a link out of its class folder' in caplog.text and 'self: it leads to' in caplog.text
+
+
+def test_class_folders_without_links_list_as_torchvision_does(tmp_path):
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    from caretrans.data import image_files
+    for sub in ('', 'a', 'a/b', 'a-x', 'B', 'a/b/c'):  # '-' sorts before '/': order by folder, then name
+        (tmp_path / 'c' / sub).mkdir(parents=True, exist_ok=True)
+        for name in ('z.png', 'B.jpg', 'a.png', 'x.txt'):
+            (tmp_path / 'c' / sub / name).write_bytes(b'')
+    listed = [path for path, _ in make_dataset(str(tmp_path), {'c': 0}, IMG_EXTENSIONS)]
+    assert image_files(tmp_path / 'c') == listed and len(listed) == 18  # the same samples, the same order
+
+
+def test_training_data_of_one_class_is_refused(tmp_path):
+    _write_folder(tmp_path, classes=('cat',), val_classes=('cat', 'dog'))
+    with pytest.raises(ValueError, match=r'holds images of 1 class\(es\) \(cat\): a classifier needs two or more'):
+        create_dataset(str(tmp_path), 'train')
+    (tmp_path / 'train' / 'dog').mkdir()  # an empty class folder is no second class
+    with pytest.raises(ValueError, match=r'holds images of 1 class'):
+        create_dataset(str(tmp_path), 'train')
+    (tmp_path / 'train' / 'emu').mkdir()
+    Image.new('RGB', (40, 40)).save(tmp_path / 'train' / 'emu' / 'a.png')
+    with pytest.raises(ValueError, match=r'class\(es\) dog have no readable training images'):
+        create_dataset(str(tmp_path), 'train')
+    with pytest.raises(ValueError, match='holds images of 1 class'):
+        create_dataset('synthetic', 'train', num_classes=1)
+    assert len(create_dataset(str(tmp_path), 'val', classes=['cat', 'dog', 'emu'])) == 6  # evaluation: a subset
+
+
+def test_long_thin_images_are_refused_from_the_header(tmp_path):
+    from caretrans.data import MAX_ASPECT_RATIO, UnreadableImageError, image_size, read_image
+    _write_folder(tmp_path)
+    Image.new('L', (1, 20000)).save(tmp_path / 'train' / 'dog' / 'strip.png')
+    Image.new('L', (10, 10 * MAX_ASPECT_RATIO)).save(tmp_path / 'train' / 'dog' / 'tall.png')  # at the bound
+    for read in (image_size, read_image):
+        with pytest.raises(UnreadableImageError, match=r'strip\.png refused: it is 1x20000, and images whose longer '
+                                                       r'side exceeds 32 times the shorter are refused'):
+            read(tmp_path / 'train' / 'dog' / 'strip.png')
+    ds = create_dataset(str(tmp_path), 'train')
+    assert ds.num_bad_images == 1 and len(ds) == 7
+
+
+def test_folders_take_their_channels_and_input_size_from_their_images(tmp_path):
+    from caretrans.data.loader import build_transform, default_img_size
+    for split in ('train', 'val'):
+        for cls, size in (('a', (40, 30)), ('b', (48, 36)), ('c', (300, 20))):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.new('L', size, 90).save(tmp_path / split / cls / 'x.png')
+    ds = create_dataset(str(tmp_path), 'train')
+    info = dataset_info(ds)
+    assert (info['in_chans'], info['mean'], info['std'], info['native_size']) == (1, (0.449,), (0.226,), 30)
+    assert ds[0][0].mode == 'L'
+    assert [default_img_size(n) for n in (None, 28, 30, 64, 100, 223, 224, 500)] == [224, 64, 64, 64, 128, 224, 224,
+                                                                                      224]
+    ds.transform = build_transform(True, 64, info['mean'], info['std'], aa='rand-m9-mstd0.5-inc1', reprob=0.25)
+    assert ds[0][0].shape == (1, 64, 64)
+    # A channel count given is honoured: grey images read as RGB, colour ones as L.
+    assert create_dataset(str(tmp_path), 'val', in_chans=3)[0][0].mode == 'RGB'
+    Image.new('RGB', (40, 40), (200, 0, 0)).save(tmp_path / 'val' / 'a' / 'red.png')
+    assert create_dataset(str(tmp_path), 'val').in_chans == 3
+    assert np.asarray(create_dataset(str(tmp_path), 'val', in_chans=1)[0][0]).max() == 60  # PIL's luma of red
+    with pytest.raises(ValueError, match='in_chans: 1 does not fit synthetic, whose images have 3 channel'):
+        create_dataset('synthetic', 'train', in_chans=1)
+
+
+def test_auto_augment_and_interpolation_are_checked_by_timm_before_any_work():
+    from caretrans.data.loader import INTERPOLATIONS, build_transform, check_auto_augment, check_interpolation
+    for aa in (None, 'none', 'rand-m9-mstd0.5-inc1', 'augmix-m5-w4-d2', 'original', 'v0'):
+        check_auto_augment(aa)
+    with pytest.raises(ValueError, match=r"recipe field aa: 'bogus' is not an auto-augment timm knows \(Unknown AA"):
+        check_auto_augment('bogus')
+    with pytest.raises(ValueError, match="interpolation 'bogus' is not one of bicubic"):
+        check_interpolation('bogus')
+    for name in INTERPOLATIONS:  # each one timm builds both transforms with
+        build_transform(False, 32, (0.5,) * 3, (0.5,) * 3, interpolation=name)
+        build_transform(True, 32, (0.5,) * 3, (0.5,) * 3, interpolation=name)
+
+
+def test_a_workers_error_reads_as_its_own_message():
+    from torch.utils.data import DataLoader, Dataset
+
+    from caretrans.data import UnreadableImageError
+
+    class Missing(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            try:
+                raise FileNotFoundError('gone')
+            except FileNotFoundError as e:
+                raise UnreadableImageError(f'image /data/{index}.png does not exist') from e
+
+    with pytest.raises(UnreadableImageError) as err:
+        next(iter(DataLoader(Missing(), num_workers=1)))
+    assert str(err.value) == 'image /data/0.png does not exist'

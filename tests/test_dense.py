@@ -1,4 +1,5 @@
 """Dense prediction: backbone features, Mask R-CNN, Semantic FPN, data checks and metrics."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -403,3 +404,88 @@ def test_bad_dense_yaml_values_name_the_file_and_field(tmp_path):
     (tmp_path / 'r.yaml').write_text('task: seg\nlr: fast\n')
     with pytest.raises(ValueError, match=r"recipe field lr: 'fast' is not valid; expected a number >= 0"):
         load_recipe(str(tmp_path / 'r.yaml'))
+
+
+# ---------------------------------------------------------------- the whole data set, checked when a task opens it
+
+def _shapes(tmp_path, task):
+    from caretrans.dense.synthetic import make_shapes_dataset
+    make_shapes_dataset(tmp_path, num_train=3, num_val=3, image_size=48)
+    return dataclasses.replace(load_recipe(f'shapes-{task}'), data=str(tmp_path))
+
+
+def test_seg_task_checks_every_image_and_label_map_of_both_splits(tmp_path):
+    from caretrans.dense.tasks import make_task
+    recipe = _shapes(tmp_path, 'seg')
+    make_task(recipe)  # the shapes data are sound
+    val_images, val_labels = tmp_path / 'images/validation', tmp_path / 'annotations/validation'
+    (val_images / '000000.png').write_bytes(b'\x89PNG\r\n\x1a\n garbage')           # cannot be opened
+    Image.new('L', (40, 48)).save(val_labels / '000001.png')                        # another size
+    Image.fromarray(np.full((48, 48), 9, np.uint8)).save(val_labels / '000002.png')  # class 9 of 4
+    Image.new('RGB', (48, 48)).save(tmp_path / 'annotations/training/000000.png')   # not class indices
+    Image.new('RGB', (2, 48 * 33)).save(tmp_path / 'images/training/000001.png')    # too long and thin
+    Image.new('L', (2, 48 * 33)).save(tmp_path / 'annotations/training/000001.png')
+    with pytest.raises(DataError) as err:
+        make_task(recipe)
+    message = str(err.value)
+    assert message.startswith('5 problem(s) in the data: ') and '\n' not in message
+    for part in ('training/000000.png has mode RGB; expected one channel of class indices',
+                 'training/000001.png refused: it is 2x1584',
+                 'validation/000000.png cannot be read',
+                 'validation/000001.png is 40x48, its image 48x48',
+                 'validation/000002.png holds class 9, beyond the 4 classes'):
+        assert part in message
+
+
+def test_det_task_checks_every_image_and_compares_the_categories(tmp_path):
+    from caretrans.dense.tasks import make_task
+    recipe = _shapes(tmp_path, 'det')
+    assert make_task(recipe).num_classes == 4
+    (tmp_path / 'images/validation/000001.png').unlink()
+    Image.new('RGB', (48, 40)).save(tmp_path / 'images/validation/000002.png')
+    with pytest.raises(DataError) as err:
+        make_task(recipe)
+    ann = tmp_path / 'annotations/instances_validation.json'
+    assert str(err.value) == (
+        f'2 problem(s) in the data: {ann}: images[1] (id 2): image {tmp_path}/images/validation/000001.png does not '
+        f'exist; {ann}: images[2] (id 3): image {tmp_path}/images/validation/000002.png is 48x40 but the record says '
+        '48x48')
+    data = json.loads(ann.read_text())
+    data['categories'] = data['categories'][:2] + [dict(id=4, name='star')]
+    ann.write_text(json.dumps(dict(data, annotations=[a for a in data['annotations'] if a['category_id'] != 3])))
+    with pytest.raises(DataError, match=r"categories of .*instances_training\.json and .*instances_validation\.json "
+                                        r"differ \(id name\): only in the first: 3 'triangle'; only in the second: "
+                                        r"4 'star'"):
+        make_task(recipe)
+
+
+def test_dense_training_stops_on_a_bad_validation_mask_before_any_work(tmp_path, capsys):
+    _shapes(tmp_path, 'seg')
+    Image.fromarray(np.full((48, 48), 200, np.uint8)).save(tmp_path / 'annotations/validation/000002.png')
+    run = tmp_path / 'run'
+    assert cli_main(['seg', 'train', '--recipe', 'shapes-seg', '--data', str(tmp_path), '--output', str(run),
+                     '--batch-size', '2', '--epochs', '1', '--no-progress']) == 2
+    assert 'caretrans seg: error: 1 problem(s) in the data: label map ' in capsys.readouterr().err
+    assert not run.exists()  # nothing trained, nothing written
+
+
+def test_dense_images_are_read_by_their_range_and_16_bit_label_maps_keep_their_labels(tmp_path):
+    for d in ('images/training', 'annotations/training'):
+        (tmp_path / d).mkdir(parents=True)
+    Image.fromarray(np.full((4, 6), 32768, np.uint16)).save(tmp_path / 'images/training/x.png')
+    Image.fromarray(np.array([[0, 1, 2, 3, 200, 150]] * 4, np.uint16)).save(tmp_path / 'annotations/training/x.png')
+    image, label = AdeSegmentation(tmp_path, 'training', num_classes=200)[0]
+    assert image.unique().tolist() == [128]  # not saturated to 255
+    assert label[0].tolist() == [255, 0, 1, 2, 199, 149]
+    with pytest.raises(DataError, match='num_classes 300: class indices from 255 on would be read as the ignored'):
+        AdeSegmentation(tmp_path, 'training', num_classes=300)
+
+
+def test_a_missing_image_in_a_loader_worker_is_one_line(tmp_path):
+    from torch.utils.data import DataLoader
+    path = _write_coco(tmp_path, _coco_gt())
+    loader = DataLoader(CocoInstances(tmp_path, path, detection_transform(False)), num_workers=1,
+                        collate_fn=lambda batch: batch)
+    with pytest.raises(DataError) as err:
+        next(iter(loader))
+    assert str(err.value) == f'image {tmp_path / "a.png"} does not exist'

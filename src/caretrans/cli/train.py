@@ -28,6 +28,7 @@ def build_recipe(args):
 
 
 def run(args):
+    from ..data.loader import check_auto_augment
     from ..runtime import run_exit_code
     from ..runtime.distributed import is_primary_process
     from ..runtime.loop import TrainingDiverged
@@ -39,6 +40,7 @@ def run(args):
 
     recipe, run_dir, resume = prepare_run(args, load_recipe, 'imagenet')
     check_model_names([recipe.model] + ([recipe.teacher] if recipe.teacher else []))
+    check_auto_augment(recipe.aa)
     primary = is_primary_process()
 
     def announce():  # the recipe, once everything it names was found and checked (stdout is JSON with --json)

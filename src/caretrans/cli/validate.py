@@ -13,9 +13,10 @@ def add_parser(subparsers):
                         "checkpoint, else the data folder's train/ class folders)")
     p.add_argument('--img-size', type=int, help='default: the one recorded in a run\'s recipe, else the data\'s')
     p.add_argument('--crop-pct', type=float, help='default: the recorded one, else 0.875')
-    p.add_argument('--interpolation', default='bicubic')
+    p.add_argument('--interpolation', default='bicubic',
+                   help='resampling filter: bicubic, bilinear, nearest, lanczos, box or hamming')
     p.add_argument('--num-classes', type=int, help="default: the data's (1000 for an ImageNet val folder)")
-    p.add_argument('--in-chans', type=int, help="default: the data's")
+    p.add_argument('--in-chans', type=int, help="default: the checkpoint's; an image folder is read with as many")
     p.add_argument('-b', '--batch-size', type=int, default=128)
     p.add_argument('-j', '--workers', type=int, default=2)
     p.add_argument('--device', help='default: cuda if available, else cpu')
@@ -27,8 +28,43 @@ def add_parser(subparsers):
 
 
 def _first_given(*values):
-    """The first value that is not None (0 is a value: `a or b` would skip it)."""
-    return next(v for v in values if v is not None)
+    """The first value that is not None (0 is a value: `a or b` would skip it); None if none is given."""
+    return next((v for v in values if v is not None), None)
+
+
+# The fields of a run's recorded recipe that validate reads.
+_RECORDED_FIELDS = ('img_size', 'crop_pct', 'in_chans')
+
+
+def _describe(checkpoint, model):
+    """`describe` of the checkpoint, with the fields validate reads of its recorded recipe (inside it, else
+    the recipe.yaml beside it) checked as a recipe checks them: a bad file or value is a ValueError naming it."""
+    from pathlib import Path
+
+    import yaml
+
+    from ..models import describe
+    from ..runtime.recipe import read_recipe_file
+    from ..train.recipe import Recipe
+
+    try:
+        info = describe(checkpoint, model=model)
+    except (yaml.YAMLError, UnicodeDecodeError):
+        read_recipe_file(Path(checkpoint).parent / 'recipe.yaml')  # raises the error naming the file
+        raise
+    Recipe.check_values(info.recipe, f'the recipe recorded with {checkpoint}', _RECORDED_FIELDS)
+    return info
+
+
+def _refuse_non_finite(model, checkpoint):
+    """Refuse weights holding NaN or infinite values: every output would be NaN (e.g. a run saved as it
+    diverged)."""
+    import torch
+
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f'{checkpoint} holds NaN or infinite values in {len(bad)} tensor(s) ({", ".join(bad[:3])}'
+                         f'{", ..." if len(bad) > 3 else ""}): it cannot be evaluated; use an earlier checkpoint')
 
 
 def _refuse_other_head(info, num_classes: int, origin: str):
@@ -48,10 +84,11 @@ def run(args):
     import timm
     import torch
 
-    from ..data import create_dataset, dataset_info, read_class_map, recorded_classes
-    from ..data.loader import build_transform, create_eval_loader, default_img_size
-    from ..models import MIN_INPUT_SIZE, describe, load_checkpoint
+    from ..data import NAMED_DATASETS, create_dataset, dataset_info, read_class_map, recorded_classes
+    from ..data.loader import build_transform, check_interpolation, create_eval_loader, default_img_size
+    from ..models import MIN_INPUT_SIZE, load_checkpoint
     from ..runtime.distributed import DistributedContext
+    from ..runtime.loop import TrainingDiverged
     from ..runtime.precision import autocast_factory
     from ..train.engine import evaluate
     from .common import check_at_least, check_model_names
@@ -59,23 +96,29 @@ def run(args):
     check_at_least(args, img_size=MIN_INPUT_SIZE, num_classes=1, in_chans=1, batch_size=1, workers=0)
     if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
         raise ValueError(f'--crop-pct {args.crop_pct}: expected a fraction in (0, 1]')
-    info = describe(args.checkpoint, model=args.model)
+    check_interpolation(args.interpolation)
+    info = _describe(args.checkpoint, args.model)
     model_name = info.model or 'care_s0'
     check_model_names([model_name])
     recorded = info.recipe
     classes = read_class_map(args.class_map) if args.class_map else recorded_classes(Path(args.checkpoint).parent)
-    dataset = create_dataset(args.data, args.split, classes=classes)
+    # An image folder is read with the model's channel count; the named data sets have their own (weights
+    # of another count get their stem adapted by load_checkpoint, as timm does).
+    wanted_chans = _first_given(args.in_chans, recorded.get('in_chans'),
+                                None if args.data in NAMED_DATASETS else info.in_chans)
+    dataset = create_dataset(args.data, args.split, classes=classes, in_chans=wanted_chans)
     data = dataset_info(dataset)
     img_size = _first_given(args.img_size, info.img_size, default_img_size(data['native_size']))
     crop_pct = _first_given(args.crop_pct, recorded.get('crop_pct'), 0.875)
     num_classes = _first_given(args.num_classes, data['num_classes'])
-    in_chans = _first_given(args.in_chans, recorded.get('in_chans'), data['in_chans'])
+    in_chans = data['in_chans']
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
 
     _refuse_other_head(info, num_classes, '--num-classes' if args.num_classes is not None
                        else f'those of {args.data} {args.split}')
     model = timm.create_model(model_name, num_classes=num_classes, in_chans=in_chans)
     load_checkpoint(model, args.checkpoint)
+    _refuse_non_finite(model, args.checkpoint)
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -84,8 +127,12 @@ def run(args):
     dataset.transform = build_transform(False, img_size, data['mean'], data['std'], crop_pct=crop_pct,
                                         interpolation=args.interpolation)
     autocast = autocast_factory(device, 'bfloat16' if args.amp else None)
-    result = evaluate(model, create_eval_loader(dataset, args.batch_size, workers=args.workers),
-                      DistributedContext(0, 1, 0, device), autocast, args.channels_last)
+    try:
+        result = evaluate(model, create_eval_loader(dataset, args.batch_size, workers=args.workers),
+                          DistributedContext(0, 1, 0, device), autocast, args.channels_last)
+    except TrainingDiverged as e:  # finite weights, but outputs that are not on this data
+        raise ValueError(f'{args.checkpoint} on {args.data} {args.split}: {e}: the model\'s outputs are not '
+                         'finite' + (' (try without --amp)' if args.amp else '')) from None
     result.update(model=model_name, checkpoint=str(args.checkpoint), data=args.data, split=args.split,
                   img_size=img_size, crop_pct=crop_pct, interpolation=args.interpolation)
     if getattr(dataset, 'num_bad_images', 0):

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .images import UnreadableImageError, image_size, read_image
+from .images import ImageHeader, UnreadableImageError, image_header, mode_channels, read_image
 
 _logger = logging.getLogger(__name__)
 
@@ -21,6 +21,8 @@ FASHION_MNIST_CLASSES = (
     'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 _FASHION_MNIST_FILES = {'train': 'train', 'val': 't10k'}
 SPLITS = ('train', 'val')
+# The data sets named rather than found in a folder; each has its own classes and channel count.
+NAMED_DATASETS = ('fashion-mnist', 'synthetic')
 # In a run folder: the classes in label order, which `caretrans validate` and a resumed run label by.
 CLASS_MAP_FILE = 'class_map.txt'
 
@@ -76,19 +78,26 @@ class ImageFolderSafe(Dataset):
     """An ImageNet-style split folder (one sub-folder per class) that leaves out unreadable images.
 
     Labels follow `classes` (default: this folder's own class folders, sorted), matched by name,
-    so a split with fewer class folders keeps the indices of the full list. Every file's header is
-    opened when the folder is listed: files that cannot be opened or claim more than
-    MAX_IMAGE_PIXELS are left out. A file that opens but fails to decode gives the item None, which
-    `collate_readable` drops from its batch. Either way the path is logged and counted in
-    `num_bad_images` (across DataLoader workers too); no other image or label takes its place.
+    so a split with fewer class folders keeps the indices of the full list. Each class folder is
+    walked once (`image_files`: links to folders are not followed out of it, nor round a loop).
+    Every file's header is opened when the folder is listed: files that cannot be opened or are
+    refused (`images.image_header`: too many pixels, too long and thin, a mode not read as RGB or L)
+    are left out. A file that opens but fails to decode gives the item None, which `collate_readable`
+    drops from its batch. Either way the path is logged and counted in `num_bad_images` (across
+    DataLoader workers too); no other image or label takes its place.
+
+    The headers also give the folder's `in_chans` (1 when every image has a one-channel mode such as
+    L or I;16, else 3), unless `in_chans` is given (images are then read as L or RGB to match), and
+    its `native_size`: the median shorter side of its images, from which `default_img_size` derives
+    the default input size.
     """
 
-    in_chans, native_size = 3, None
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    def __init__(self, root: Path, transform: Optional[Callable] = None, classes: Optional[Sequence[str]] = None,
+                 in_chans: Optional[int] = None):
+        from torchvision.datasets.folder import find_classes
 
-    def __init__(self, root: Path, transform: Optional[Callable] = None, classes: Optional[Sequence[str]] = None):
-        from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
+        if in_chans not in (None, 1, 3):
+            raise ValueError(f'image folders are read as 1 (L) or 3 (RGB) channels, not in_chans={in_chans}')
         self.root = Path(root)
         present, _ = find_classes(str(self.root))
         self.classes = list(classes) if classes is not None else present
@@ -97,13 +106,20 @@ class ImageFolderSafe(Dataset):
         if unknown:
             raise ValueError(f'{self.root} has class folder(s) that are not among the {len(self.classes)} training '
                              f'classes: {", ".join(unknown)}')
-        files = make_dataset(str(self.root), {name: label_of[name] for name in present}, extensions=IMG_EXTENSIONS)
+        files = [(path, label_of[name]) for name in present for path in image_files(self.root / name)]
         if not files:
             raise ValueError(f'{self.root} holds no images in its class folders')
-        self.samples, self.unreadable = _readable_files(files)
+        self.samples, self.unreadable, headers = _readable_files(files)
         if not self.samples:
             raise ValueError(f'{self.root}: none of its {len(files)} image files can be read '
                              f'(e.g. {self.unreadable[0]}; each is logged above)')
+        # Images per class name, of the readable ones.
+        self.class_counts = dict(Counter(self.classes[label] for _, label in self.samples))
+        self.native_size = int(np.median([min(header.size) for header in headers]))
+        self.in_chans = in_chans or (1 if all(mode_channels(h.mode) == 1 for h in headers) else 3)
+        # ImageNet's statistics; for one channel their mean over the three, as for grayscale ImageNet.
+        self.mean, self.std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if self.in_chans == 3 else \
+            ((0.449,), (0.226,))
         self.transform = transform
         # A flag per file in shared memory: DataLoader workers mark, the trainer counts, each file once.
         self._bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
@@ -125,7 +141,7 @@ class ImageFolderSafe(Dataset):
             return None
         path, label = self.samples[index]
         try:
-            image = read_image(path)
+            image = read_image(path, 'L' if self.in_chans == 1 else 'RGB')
         except UnreadableImageError as e:
             self._bad[index] = True
             _logger.warning('skipping an unreadable image: %s', e)
@@ -135,19 +151,58 @@ class ImageFolderSafe(Dataset):
         return image, label
 
 
-def _readable_files(files: List[Tuple[str, int]]) -> Tuple[List[Tuple[str, int]], List[str]]:
-    """Split (path, label) pairs by whether the file's header opens (about 1/100 of the cost of decoding
-    the file), logging the others."""
-    readable, unreadable = [], []
+def image_files(class_dir: Path) -> List[str]:
+    """The image files under a class folder (torchvision's extensions, in make_dataset's order), each once.
+
+    Links to files are kept (data sets are often assembled from links), but links to folders are
+    followed only within the class folder and only to folders not yet walked: a link out of it (e.g.
+    `ln -s .. loop`, which would list the other classes' images under this one) or round a loop is
+    skipped, and logged."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    top = os.path.realpath(class_dir)
+    walked, seen, files = set(), set(), []
+    pending = [str(class_dir)]
+    while pending:
+        folder = pending.pop()
+        real = os.path.realpath(folder)
+        inside = real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+        if not inside or real in walked:
+            _logger.warning('not listing %s: it %s', folder, 'is a link out of its class folder' if not inside
+                            else f'leads to {real}, listed already')
+            continue
+        walked.add(real)
+        with os.scandir(folder) as entries:
+            entries = sorted(entries, key=lambda entry: entry.name)
+        for entry in entries:
+            if entry.is_dir() or not has_file_allowed_extension(entry.name, IMG_EXTENSIONS):
+                continue
+            # Files are told apart by their real path: a folder's own by the folder's, a link by its target.
+            key = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
+            if key not in seen:
+                seen.add(key)
+                files.append(entry.path)
+        # Depth first, in name order, folders before links to folders (so that a folder is listed by its
+        # own path and a link to it is the one skipped).
+        subfolders = sorted((entry for entry in entries if entry.is_dir()), key=lambda e: (e.is_symlink(), e.name))
+        pending.extend(entry.path for entry in reversed(subfolders))
+    return sorted(files, key=lambda path: os.path.split(path))  # torchvision's order: by folder, then name
+
+
+def _readable_files(files: List[Tuple[str, int]]) -> Tuple[List[Tuple[str, int]], List[str], List[ImageHeader]]:
+    """Split (path, label) pairs by whether the file's header opens and is accepted (about 1/100 of the
+    cost of decoding the file), logging the others; the headers of the readable ones."""
+    readable, unreadable, headers = [], [], []
     for path, label in files:
         try:
-            image_size(path)
+            header = image_header(path)
         except UnreadableImageError as e:
             _logger.warning('leaving out an unreadable image: %s', e)
             unreadable.append(path)
         else:
             readable.append((path, label))
-    return readable, unreadable
+            headers.append(header)
+    return readable, unreadable, headers
 
 
 class SyntheticImages(Dataset):
@@ -185,19 +240,26 @@ class SyntheticImages(Dataset):
 
 
 def create_dataset(data: str, split: str, transform: Optional[Callable] = None,
-                   classes: Optional[Sequence[str]] = None, **kwargs) -> Dataset:
+                   classes: Optional[Sequence[str]] = None, in_chans: Optional[int] = None, **kwargs) -> Dataset:
     """A dataset by name: 'fashion-mnist', 'synthetic' (kwargs: num_classes, image_size, length, seed)
     or the path of a folder with train/ and val/ sub-folders of class folders.
 
     Labels follow `classes` (e.g. those a run recorded), else `folder_classes`: every split of a
-    folder is labelled by the same list. A split holding a class outside it is an error."""
+    folder is labelled by the same list. A split holding a class outside it is an error. A folder's
+    images are read with `in_chans` channels (1: L, 3: RGB) if given, else with their own count; the
+    named data sets have theirs. The training split must hold images of every class, and of two or more."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if data in ('fashion-mnist', 'synthetic'):
+    if data in NAMED_DATASETS:
         dataset = (FashionMNIST if data == 'fashion-mnist' else SyntheticImages)(split, transform, **kwargs)
         if classes is not None and list(classes) != list(dataset.classes):
             raise ValueError(f'{data} has its own {len(dataset.classes)} classes, not the {len(classes)} given '
                              f'(from {list(classes)[:3]}...; a class_map.txt of a run on other data?)')
+        if in_chans is not None and in_chans != dataset.in_chans:
+            raise ValueError(f'in_chans: {in_chans} does not fit {data}, whose images have {dataset.in_chans} '
+                             'channel(s)')
+        if split == 'train':
+            _check_trainable(data, dataset.classes, dict.fromkeys(dataset.classes, 1))
         return dataset
     root = Path(data)
     if not root.is_dir():
@@ -205,7 +267,26 @@ def create_dataset(data: str, split: str, transform: Optional[Callable] = None,
     if not (root / split).is_dir():
         raise ValueError(f'{root} has no {split}/ sub-folder (expected {root}/train and {root}/val, '
                          'each with one folder per class)')
-    return ImageFolderSafe(root / split, transform, classes if classes is not None else folder_classes(root, split))
+    dataset = ImageFolderSafe(root / split, transform, classes if classes is not None else folder_classes(root, split),
+                              in_chans)
+    if split == 'train':
+        _check_trainable(str(root / split), dataset.classes, dataset.class_counts)
+    return dataset
+
+
+def _check_trainable(source: str, classes: Sequence[str], counts: Dict[str, int]):
+    """Refuse training data that leaves a class without images, or that has one class only: a classifier
+    of one class scores 100 % at a loss of 0 from the first step, and learns nothing."""
+    with_images = [name for name in classes if counts.get(name, 0)]
+    if len(with_images) < 2:
+        raise ValueError(f'{source} holds images of {len(with_images)} class(es) '
+                         f'({", ".join(with_images) or "none readable"}): a classifier needs two or more classes, '
+                         'one folder of images each')
+    empty = [name for name in classes if not counts.get(name, 0)]
+    if empty:
+        raise ValueError(f'{source}: class(es) {", ".join(empty[:10])}{" ..." if len(empty) > 10 else ""} have no '
+                         'readable training images (an empty or missing class folder); add images or remove the '
+                         'class')
 
 
 def folder_classes(root: Path, split: str) -> List[str]:
@@ -228,8 +309,16 @@ def save_class_map(classes: Sequence[str], path) -> Path:
 
 
 def read_class_map(path) -> List[str]:
-    """The class names of a class_map.txt in label order, checked: none empty, none twice."""
-    lines = Path(path).read_text(encoding='utf-8').split('\n')
+    """The class names of a class_map.txt in label order, checked: none empty, none twice; a file that
+    cannot be read or is not text is a ValueError naming it (FileNotFoundError if it does not exist)."""
+    try:
+        lines = Path(path).read_text(encoding='utf-8').split('\n')
+    except UnicodeDecodeError:
+        raise ValueError(f'class map {path} is not a text file of class names, one a line') from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f'class map {path} does not exist') from None
+    except OSError as e:
+        raise ValueError(f'class map {path} cannot be read: {e.strerror or e}') from None
     classes = [line.rstrip('\r') for line in (lines[:-1] if lines[-1] == '' else lines)]
     if not classes or '' in classes:
         raise ValueError(f'{path} must list one class name a line, without blank lines')

@@ -10,16 +10,41 @@ from PIL import Image, ImageOps
 from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
-__all__ = ['default_img_size', 'build_transform', 'SeededItems', 'BlockShardSampler', 'collate_readable',
+__all__ = ['INTERPOLATIONS', 'default_img_size', 'check_auto_augment', 'check_interpolation', 'build_transform', 'SeededItems', 'BlockShardSampler', 'collate_readable',
            'create_train_loader', 'set_position', 'create_eval_loader']
 
 
+# The resampling filters an input may be resized with, by their timm names (the evaluation transform's).
+INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'lanczos', 'box', 'hamming')
+
+
 def default_img_size(native_size: Optional[int]) -> int:
-    """ImageNet's 224, or for low-resolution data the next multiple of 32 and at least 64, so that
-    the 32x downsampling network keeps 2x2 positions in its last stage."""
+    """ImageNet's 224, or for low-resolution data (a native size, e.g. an image folder's median
+    shorter side, below 224) that size rounded up to a multiple of 32 and at least 64, so that the
+    32x downsampling network keeps 2x2 positions in its last stage."""
     if native_size is None:
         return 224
-    return max(64, 32 * math.ceil(native_size / 32))
+    return min(224, max(64, 32 * math.ceil(native_size / 32)))
+
+
+def check_auto_augment(aa: Optional[str]):
+    """Raise a ValueError unless timm builds an augmentation from `aa` (None or 'none': off): the
+    string is parsed by timm's own transform factory, as training will, before any work."""
+    if aa in (None, 'none'):
+        return
+    try:
+        create_transform(32, is_training=True, auto_augment=aa)
+    except (AssertionError, ValueError, KeyError, IndexError, TypeError) as e:
+        reason = str(e).strip("'") or type(e).__name__
+        raise ValueError(f'recipe field aa: {aa!r} is not an auto-augment timm knows ({reason}); e.g. '
+                         "'rand-m9-mstd0.5-inc1' (RandAugment), 'augmix-m5-w4-d2', 'original', 'v0', or 'none'"
+                         ) from None
+
+
+def check_interpolation(interpolation: str):
+    """Raise a ValueError for a resampling filter timm does not name."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f'interpolation {interpolation!r} is not one of {", ".join(INTERPOLATIONS)}')
 
 
 def build_transform(training: bool, img_size: int, mean: Sequence[float], std: Sequence[float],
@@ -27,7 +52,9 @@ def build_transform(training: bool, img_size: int, mean: Sequence[float], std: S
                     reprob: float = 0.0, crop_pct: float = 0.875, interpolation: str = 'bicubic'):
     """timm's training transform (random-resized crop, flip, RandAugment, jitter, erasing) or its
     evaluation transform (resize to img_size / crop_pct, centre crop)."""
+    check_interpolation(interpolation)
     if training:
+        check_auto_augment(aa)
         # color_jitter 0 -> None: timm would add a ColorJitter that changes nothing (~35 us an image).
         transform = create_transform(
             img_size, is_training=True, scale=tuple(scale), hflip=hflip, auto_augment=aa,

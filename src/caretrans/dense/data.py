@@ -2,9 +2,12 @@
 import contextlib
 import io
 import json
+import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,15 +22,44 @@ if TYPE_CHECKING:
     from pycocotools.coco import COCO
 
 __all__ = [
-    'DataError', 'IGNORE_INDEX', 'read_image', 'load_coco', 'CocoInstances', 'AdeSegmentation',
-    'detection_transform', 'segmentation_train_transform', 'SegmentationEvalTransform', 'collate_lists',
+    'DataError', 'IGNORE_INDEX', 'LABEL_MODES', 'read_image', 'load_coco', 'CocoInstances', 'AdeSegmentation',
+    'check_datasets', 'compare_categories', 'detection_transform', 'segmentation_train_transform',
+    'SegmentationEvalTransform', 'collate_lists',
 ]
 
+_logger = logging.getLogger(__name__)
+
 IGNORE_INDEX = 255  # ADE20K's "other" after reduce_zero_label, and the padding of crops
+# Label maps hold class indices as stored: 8 bits (L, P, 1) or 16 (I;16*, I); never rescaled.
+LABEL_MODES = ('L', 'P', '1', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N')
+# Problems named in a DataError's one line; all of them are logged.
+_PROBLEMS_SHOWN = 5
 
 
 class DataError(ValueError):
-    """An annotation file, record or image that cannot be used, named in the message."""
+    """An annotation file, record or image that cannot be used, named in the message (one line, also when a
+    DataLoader worker raised it)."""
+
+    def __init__(self, message: str = ''):
+        super().__init__(images.original_message(message, type(self)))
+
+
+def _threaded(check: Callable, items: Iterable) -> List:
+    """`check` of each item, on threads: header reads wait on the disk and decoding releases the GIL."""
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(check, items))
+
+
+def check_datasets(*datasets):
+    """Check every record of each dataset (its `problems()`: files exist, open, fit their records) before
+    any training: one DataError naming the first few problems and counting them all, each one logged."""
+    found = [problem for dataset in datasets for problem in dataset.problems()]
+    for problem in found:
+        _logger.error('%s', problem)
+    if found:
+        shown = '; '.join(found[:_PROBLEMS_SHOWN])
+        more = f' (and {len(found) - _PROBLEMS_SHOWN} more, each logged above)' if len(found) > _PROBLEMS_SHOWN else ''
+        raise DataError(f'{len(found)} problem(s) in the data: {shown}{more}')
 
 
 def read_image(path: Path, mode: Optional[str] = 'RGB') -> Image.Image:
@@ -200,6 +232,29 @@ class CocoInstances(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def categories(self) -> List[Tuple[int, str]]:
+        """(id, name) of every category, in id order."""
+        return [(cat, self.coco.cats[cat]['name']) for cat in self.category_ids]
+
+    def problems(self) -> List[str]:
+        """What is wrong with the images this dataset reads, from their headers: a file that is missing,
+        cannot be opened or is refused, or whose size differs from its record; each names file and record."""
+        index_of = {img['id']: i for i, img in enumerate(self.coco.dataset['images'])}
+
+        def problem(image_id: int) -> Optional[str]:
+            info = self.coco.imgs[image_id]
+            where = f'{self.annotation_file}: images[{index_of[image_id]}] (id {image_id})'
+            path = self.image_dir / info['file_name']
+            try:
+                width, height = images.image_header(path).size
+            except images.UnreadableImageError as e:
+                return f'{where}: {e}'
+            if (height, width) != (info['height'], info['width']):
+                return f"{where}: image {path} is {width}x{height} but the record says {info['width']}x{info['height']}"
+            return None
+        return [p for p in _threaded(problem, self.ids) if p]
+
     def __getitem__(self, index: int):
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
@@ -224,6 +279,18 @@ class CocoInstances(Dataset):
         if self.transform is not None:
             image, target = self.transform(image, target)
         return image, target
+
+
+def compare_categories(train: CocoInstances, val: CocoInstances):
+    """Refuse train and val annotation files whose categories differ: labels are numbered by category id,
+    so a category in one list only would shift or overflow the other's labels."""
+    if train.categories == val.categories:
+        return
+    only_train = [f'{i} {name!r}' for i, name in train.categories if (i, name) not in val.categories]
+    only_val = [f'{i} {name!r}' for i, name in val.categories if (i, name) not in train.categories]
+    raise DataError(f'the categories of {train.annotation_file} and {val.annotation_file} differ (id name): '
+                    f'only in the first: {", ".join(only_train) or "none"}; only in the second: '
+                    f'{", ".join(only_val) or "none"}. Both splits need the same category list')
 
 
 def detection_transform(train: bool) -> v2.Compose:
@@ -260,6 +327,9 @@ class AdeSegmentation(Dataset):
         for p in self.images:
             if not (self.label_dir / f'{p.stem}.png').is_file():
                 raise DataError(f'image {p} has no label map {self.label_dir / (p.stem + ".png")}')
+        if num_classes > IGNORE_INDEX:
+            raise DataError(f'num_classes {num_classes}: class indices from {IGNORE_INDEX} on would be read as the '
+                            f'ignored label {IGNORE_INDEX}')
         self.num_classes = num_classes
         self.reduce_zero_label = reduce_zero_label
         self.transform = transform
@@ -267,21 +337,44 @@ class AdeSegmentation(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def load_label(self, image_path: Path, size: Tuple[int, int]) -> torch.Tensor:
-        """The label map of an image, reduced and checked: (H, W) int64."""
+    def problems(self) -> List[str]:
+        """What is wrong with the images (from their headers) and label maps (decoded: they are small): files
+        that cannot be opened or are refused, label maps of another size than their image, not of class
+        indices, or with classes out of range; each names its file."""
+        def problem(image_path: Path) -> Optional[str]:
+            try:
+                self.label_values(image_path, images.image_header(image_path).size)
+            except (images.UnreadableImageError, DataError) as e:
+                return str(e)
+            return None
+        return [p for p in _threaded(problem, self.images) if p]
+
+    def label_values(self, image_path: Path, size: Tuple[int, int]) -> np.ndarray:
+        """The class indices of an image's label map as stored, (H, W) int64, checked: a one-channel mode of
+        indices (never rescaled), the image's size, classes in range; a DataError naming the file if not."""
         path = self.label_dir / f'{image_path.stem}.png'
         label = read_image(path, mode=None)
-        if label.mode not in ('L', 'P'):
-            raise DataError(f'label map {path} has mode {label.mode}; expected one channel of class indices')
+        if label.mode not in LABEL_MODES:
+            raise DataError(f'label map {path} has mode {label.mode}; expected one channel of class indices '
+                            f'({", ".join(LABEL_MODES)})')
         if label.size != size:
             raise DataError(f'label map {path} is {label.size[0]}x{label.size[1]}, its image {size[0]}x{size[1]}')
-        label = torch.from_numpy(np.asarray(label).astype(np.int64))
+        values = np.asarray(label).astype(np.int64)
+        if values.min() < 0:
+            raise DataError(f'label map {path} holds a negative class index ({values.min()})')
+        bad = values >= self.num_classes + int(self.reduce_zero_label)  # with reduce_zero_label, 0 is "other"
+        if not self.reduce_zero_label:
+            bad &= values != IGNORE_INDEX
+        if bad.any():
+            raise DataError(f'label map {path} holds class {int(values[bad].max())}, beyond the {self.num_classes} '
+                            f'classes (reduce_zero_label={self.reduce_zero_label})')
+        return values
+
+    def load_label(self, image_path: Path, size: Tuple[int, int]) -> torch.Tensor:
+        """The label map of an image, checked (`label_values`) and reduced: (H, W) int64."""
+        label = torch.from_numpy(self.label_values(image_path, size))
         if self.reduce_zero_label:
             label = torch.where(label == 0, IGNORE_INDEX, label - 1)
-        bad = label[(label >= self.num_classes) & (label != IGNORE_INDEX)]
-        if bad.numel():
-            raise DataError(f'label map {path} holds class {int(bad.max()) + int(self.reduce_zero_label)}, '
-                            f'beyond the {self.num_classes} classes (reduce_zero_label={self.reduce_zero_label})')
         return label
 
     def __getitem__(self, index: int):

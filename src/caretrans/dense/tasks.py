@@ -28,7 +28,9 @@ class DetectionTask:
         root = Path(recipe.data)
         self.train_set = self._dataset(root, recipe.train_split, train=True)
         self.val_set = self._dataset(root, recipe.val_split, train=False)
-        self.num_classes = len(self.val_set.category_ids) + 1  # + background
+        D.compare_categories(self.train_set, self.val_set)
+        D.check_datasets(self.train_set, self.val_set)  # every image, before any training
+        self.num_classes = len(self.train_set.category_ids) + 1  # + background
 
     @staticmethod
     def _dataset(root: Path, split: str, train: bool) -> D.CocoInstances:
@@ -86,6 +88,7 @@ class SegmentationTask:
         self.val_set = D.AdeSegmentation(
             r.data, r.val_split, r.num_classes, r.reduce_zero_label,
             D.SegmentationEvalTransform(r.min_size, r.max_size))
+        D.check_datasets(self.train_set, self.val_set)  # every image and label map, before any training
 
     def build_model(self) -> nn.Module:
         r = self.recipe

@@ -4,11 +4,11 @@ import math
 import os
 import typing
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import yaml
 
-__all__ = ['RecipeFields', 'read_recipe']
+__all__ = ['RecipeFields', 'read_recipe_file', 'read_recipe']
 
 
 class RecipeFields:
@@ -45,6 +45,21 @@ class RecipeFields:
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def check_values(cls, values: Dict[str, Any], source: str, names: Iterable[str]):
+        """Check the fields `names` of a recorded recipe's `values` (those present) as the recipe would,
+        the ValueError naming `source`: for readers of a few fields of a recipe written elsewhere."""
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name in names:
+            if name in values:
+                value = values[name]
+                try:
+                    _check_field(name, tuple(value) if isinstance(value, list) else value, hints[name],
+                                 fields[name].metadata)
+                except ValueError as e:
+                    raise ValueError(f'{source}: {e}') from None
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]):
@@ -115,20 +130,38 @@ def _yaml_hint(value: Any, kind: type) -> str:
     return f' (YAML reads {value} as text: write it with a decimal point, e.g. 1.0e-3)' if is_number_text else ''
 
 
+def read_recipe_file(path) -> Dict[str, Any]:
+    """The mapping of a recipe YAML file; a ValueError naming the file if it cannot be read, is not text
+    (e.g. a checkpoint given by mistake), is not valid YAML or does not hold a mapping of field names."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError:
+        raise ValueError(f'recipe {path} is not a text file (a YAML mapping of recipe fields was expected)') from None
+    except OSError as e:
+        raise ValueError(f'recipe {path} cannot be read: {e.strerror or e}') from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        where = f' (line {mark.line + 1}, column {mark.column + 1})' if mark is not None else ''
+        raise ValueError(f'{path} is not valid YAML: {getattr(e, "problem", None) or e}{where}') from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+        raise ValueError(f'{path} does not hold a mapping of recipe fields (field: value, one a line)')
+    return values
+
+
 def read_recipe(source: str, presets: Dict[str, Dict[str, Any]], recipe_cls, defaults: Optional[Dict[str, Any]] = None):
     """A preset by name or a YAML file (e.g. the recipe.yaml saved beside a run), as `recipe_cls`;
-    `defaults` fill the fields a YAML file leaves out. A bad value is a ValueError naming the file."""
+    `defaults` fill the fields a YAML file leaves out. A bad file or value is a ValueError naming the file."""
     if source in presets:
         return recipe_cls(**presets[source])
     path = Path(source)
     if not path.is_file():
         raise ValueError(f'recipe {source!r} is neither a preset ({", ".join(presets)}) nor a YAML file')
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f'{path} is not valid YAML: {e}') from None
-    if not isinstance(values, dict):
-        raise ValueError(f'{path} does not hold a mapping of recipe fields')
+    values = read_recipe_file(path)
     try:
         return recipe_cls.from_dict({**(defaults or {}), **values})
     except ValueError as e:

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..limits import MIN_INPUT_SIZE
 from ..runtime.distributed import DistributedContext
 from ..runtime.loop import TrainingDiverged, evaluation_progress
 
@@ -14,12 +15,13 @@ __all__ = ['classification_loss', 'evaluate']
 
 
 def classification_loss(model: nn.Module, loss_fn: nn.Module, ctx: DistributedContext,
-                        mixup_fn: Optional[Callable] = None, channels_last: bool = False) -> Callable:
+                        mixup_fn: Optional[Callable] = None, channels_last: bool = False,
+                        batch_size: Optional[int] = None) -> Callable:
     """The classification part of a training step, `loss_of(items, batch)` for `runtime.loop.train_epoch`:
-    a micro-batch's readable images, mixed up, through `model` and `loss_fn`; returns the loss and the
-    number of images."""
+    a micro-batch (of `batch_size` images, before unreadable ones are dropped) of readable images, mixed
+    up, through `model` and `loss_fn`; returns the loss and the number of images."""
     def loss_of(items, batch: int):
-        images, targets = _usable_batch(items, batch, pairs=mixup_fn is not None)
+        images, targets = _usable_batch(items, batch, pairs=mixup_fn is not None, batch_size=batch_size)
         images, targets = images.to(ctx.device, non_blocking=True), targets.to(ctx.device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -29,15 +31,23 @@ def classification_loss(model: nn.Module, loss_fn: nn.Module, ctx: DistributedCo
     return loss_of
 
 
-def _usable_batch(items, batch: int, pairs: bool):
+def _usable_batch(items, batch: int, pairs: bool, batch_size: Optional[int] = None):
     """A micro-batch without its unreadable images (dropped by the loader's collate_readable); mixup pairs
     images, so an odd one out goes too. One with nothing left cannot join its optimiser step (under DDP
-    every rank must), so it stops the run."""
+    every rank must), so it stops the run; so does one left with a single image whose last stage has a
+    single position (BatchNorm cannot normalise one value), which the batch size asked for would not."""
     if items is not None and pairs and len(items[1]) % 2:
         items = items[0][:-1], items[1][:-1]
     if items is None or not len(items[1]):
         raise ValueError(f'training batch {batch} has no readable image{" pair" if pairs else ""} left: the '
                          'unreadable files are logged above; remove them')
+    asked = batch_size or len(items[1])
+    if len(items[1]) == 1 < asked and math.prod(s // MIN_INPUT_SIZE for s in items[0].shape[-2:]) == 1:
+        height, width = items[0].shape[-2:]
+        raise ValueError(
+            f'training batch {batch} has 1 of its {asked} images left once unreadable files are dropped (logged '
+            f'above): at {height}x{width} a single image leaves one value per channel at stride 32, which '
+            'BatchNorm cannot normalise in training mode; remove the unreadable files, or train at 64 px or more')
     return items
 
 

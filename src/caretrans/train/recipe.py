@@ -27,7 +27,8 @@ class Recipe(RecipeFields):
         help="'fashion-mnist', 'synthetic' or a folder with train/ and val/", path=True))
     num_classes: Optional[int] = field(default=None, metadata=dict(help="default: the data's", min=1))
     img_size: Optional[int] = field(default=None, metadata=dict(
-        help='training and evaluation input size (default: 224; low-resolution data: a multiple of 32, >= 64)',
+        help='training and evaluation input size (default: 224, or for smaller images their size rounded up to '
+             "a multiple of 32 and at least 64; an image folder's size is its images' median shorter side)",
         min=MIN_INPUT_SIZE))
     batch_size: int = field(default=128, metadata=dict(help='batch per process and micro-step', min=1))
     grad_accum_steps: int = field(default=1, metadata=dict(help='micro-steps per optimiser step', min=1))
@@ -36,7 +37,8 @@ class Recipe(RecipeFields):
     scale: Tuple[float, float] = field(default=(0.08, 1.0), metadata=dict(
         help='random-resized-crop area range', above=0, max=1, ordered=True))
     hflip: float = field(default=0.5, metadata=dict(help='horizontal flip probability', min=0, max=1))
-    aa: Optional[str] = field(default='rand-m9-mstd0.5-inc1', metadata=dict(help="timm auto-augment, or 'none'"))
+    aa: Optional[str] = field(default='rand-m9-mstd0.5-inc1', metadata=dict(
+        help="timm auto-augment (RandAugment 'rand-...', 'augmix-...', AutoAugment 'original', 'v0', ...), or 'none'"))
     color_jitter: float = field(default=0.4, metadata=dict(min=0))
     reprob: float = field(default=0.25, metadata=dict(help='random erasing probability', min=0, max=1))
     crop_pct: float = field(default=0.875, metadata=dict(

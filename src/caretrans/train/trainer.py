@@ -73,7 +73,8 @@ class ClassificationTask:
     def build(self, ctx: DistributedContext, resume: Optional[Path]) -> Parts:
         recipe = self.recipe
         # Data: datasets labelled by one class list (a resumed run's own), timm transforms, block-sharded loaders.
-        train_set = create_dataset(recipe.data, 'train', classes=recorded_classes(resume.parent) if resume else None)
+        train_set = create_dataset(recipe.data, 'train', classes=recorded_classes(resume.parent) if resume else None,
+                                   in_chans=recipe.in_chans)
         info = dataset_info(train_set)
         _check_fits_data(recipe, info)
         self.info, self.classes = info, info['classes']
@@ -82,7 +83,8 @@ class ClassificationTask:
         self.in_chans = recipe.in_chans if recipe.in_chans is not None else info['in_chans']
         train_set.transform = self._transform(training=True)
         self.train_set = train_set
-        self.val_set = create_dataset(recipe.data, 'val', self._transform(training=False), classes=self.classes)
+        self.val_set = create_dataset(recipe.data, 'val', self._transform(training=False), classes=self.classes,
+                                      in_chans=info['in_chans'])
         pin = ctx.device.type == 'cuda'
         train_loader = create_train_loader(train_set, recipe.batch_size, ctx.rank, ctx.world_size,
                                            recipe.grad_accum_steps, recipe.seed, recipe.workers, pin_memory=pin)
@@ -119,7 +121,8 @@ class ClassificationTask:
         return Parts(model, train_loader, updater, autocast, sync_bn=recipe.sync_bn, compile=recipe.compile)
 
     def loss_of(self, model: nn.Module):
-        return classification_loss(model, self.loss_fn, self.ctx, self.mixup, self.recipe.channels_last)
+        return classification_loss(model, self.loss_fn, self.ctx, self.mixup, self.recipe.channels_last,
+                                   self.recipe.batch_size)
 
     def evaluates(self, epoch: int) -> bool:
         return True
@@ -189,13 +192,10 @@ def _per_channel(values, in_chans: int):
 
 
 def _check_fits_data(recipe: Recipe, info: Dict[str, Any]):
-    """Refuse, before any work, a class count or channel count the data does not allow."""
+    """Refuse, before any work, a class count the data does not allow (create_dataset checks in_chans)."""
     if recipe.num_classes is not None and recipe.num_classes < info['num_classes']:
         raise ValueError(f'recipe field num_classes: {recipe.num_classes} is too few for {recipe.data}, which has '
                          f'{info["num_classes"]} classes')
-    if recipe.in_chans is not None and recipe.in_chans != info['in_chans']:
-        raise ValueError(f'recipe field in_chans: {recipe.in_chans} does not fit {recipe.data}, whose images have '
-                         f'{info["in_chans"]} channel(s)')
 
 
 def _mixup(recipe: Recipe, num_classes: int) -> Optional[Mixup]:
