@@ -12,7 +12,7 @@ from timm.utils import ModelEmaV3
 
 from ..data import CLASS_MAP_FILE, create_dataset, dataset_info, recorded_classes, save_class_map
 from ..data.loader import build_transform, create_eval_loader, create_train_loader, default_img_size
-from ..models.checkpoint import load_checkpoint, save_weights
+from ..models.checkpoint import load_checkpoint, load_weights, save_weights
 from ..runtime.distributed import DistributedContext, cleanup_distributed, distribute, setup_distributed, sync_buffers
 from ..runtime.loop import (LoopState, run_epoch, TrainingDiverged, Updater, restore_training_state,
                             save_training_state)
@@ -20,6 +20,7 @@ from ..runtime.metrics import MetricsLogger
 from ..runtime.precision import mixed_precision
 from ..runtime.signals import GracefulStop
 from ..runtime.state import already_finished, read_resume_state, seed_everything
+from .card import classifier_card
 from .engine import classification_loss, evaluate
 from .loss import DistillationLoss, base_criterion
 from .recipe import Recipe
@@ -80,12 +81,15 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
     val_loader = create_eval_loader(val_set, recipe.batch_size, ctx.rank, ctx.world_size, recipe.workers,
                                     pin_memory=ctx.device.type == 'cuda')
     mixup_fn = _mixup(recipe, num_classes)
+    card = classifier_card(recipe, info, img_size, in_chans, info['classes'])  # recorded with every weight file
 
     # Model (and EMA, teacher), loss, optimiser and schedule.
     model = timm.create_model(recipe.model, num_classes=num_classes, in_chans=in_chans,
                               drop_path_rate=recipe.drop_path)
     if recipe.initial_checkpoint and state is None:
-        load_checkpoint(model, recipe.initial_checkpoint)  # a classifier of another class count stays fresh
+        loaded = load_weights(model, recipe.initial_checkpoint, label_names=card.label_names)  # classes by name
+        if ctx.is_primary:
+            print(loaded, flush=True)
     if hasattr(model, 'set_distilled_training'):
         model.set_distilled_training(True)  # both heads learn, as the release trains them (DistillationLoss)
     model = model.to(ctx.device)
@@ -127,7 +131,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
     def checkpoint():
         if ctx.is_primary:
             save_training_state(run_dir / STATE_FILE, loop, model, updater, recipe, best_top1=best_top1,
-                                model_name=recipe.model)
+                                model_name=recipe.model, card=card.to_dict())
 
     def result(status: str) -> TrainResult:
         return TrainResult(status, loop.epoch, loop.global_step, last_eval, best_top1, run_dir, model, img_size,
@@ -153,7 +157,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: Optional[str], ctx: Distribute
                 best_top1 = top1
                 if ctx.is_primary:
                     best = ema.module if ema is not None and top1 == record.get('ema_val_top1') else model
-                    save_weights(best, run_dir / BEST_FILE, model_name=recipe.model, epoch=loop.epoch, top1=top1)
+                    save_weights(best, run_dir / BEST_FILE, card=card, model_name=recipe.model, epoch=loop.epoch,
+                                 top1=top1)
             checkpoint()
             metrics_log.log(record)
             if writer is not None:
