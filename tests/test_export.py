@@ -71,6 +71,9 @@ def test_coreml_fp16_image_input_is_checked(fused, tmp_path):
     pixels = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ImageInput(fused, mean, std)(pixels), fused(Normalize(mean, std)(pixels)))
+        # ExecuTorch's image input: 0-255 pixels, scaled inside.
+        torch.testing.assert_close(ImageInput(fused, mean, std, scale=1 / 255)(pixels * 255),
+                                   fused(Normalize(mean, std)(pixels)))
     with pytest.raises(ExportCheckError, match='do not compute in float32'):
         check_coreml_spec(fused, spec, torch.zeros(1, 3, 64, 64), fp16=False)
     gray = caretrans.reparameterize(timm.create_model('care_s0', depths=(1, 1, 1, 1), num_classes=10, in_chans=1))
