@@ -147,6 +147,18 @@ def test_validate_a_subset_of_the_classes_by_name(run, tmp_path, monkeypatch, ca
     assert report['count'] == 6 and (report['img_size'], report['crop_pct']) == (32, 0.875)
     assert report['top1'] == pytest.approx(100 * (probs.argmax(1) == targets).float().mean().item())
     assert report['loss'] == pytest.approx(F.nll_loss(probs.log(), targets).item(), rel=1e-4)
+    # The weights file alone, without the run's class_map.txt: labelled by its card, not by position.
+    shutil.copy(run / 'best.safetensors', tmp_path / 'weights.safetensors')
+    assert cli_main(['validate', '--checkpoint', 'weights.safetensors', '--data', 'subset', '--num-classes', '3',
+                     '-j', '0', '--json']) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert (alone['top1'], alone['loss'], alone['labels']) == (report['top1'], report['loss'], 'model card')
+    # Weights without a card or class names: matching the folder's 2 classes to 3 outputs by position is refused.
+    model = timm.create_model('care_s0', num_classes=3)
+    caretrans.save_atomic(model.state_dict(), tmp_path / 'plain.safetensors')
+    assert cli_main(['validate', '--checkpoint', 'plain.safetensors', '--data', 'subset', '--num-classes', '3',
+                     '-j', '0']) == 2
+    assert 'would be matched by position. Give --class-map' in capsys.readouterr().err
     # A class the run does not know is refused, named.
     _images(subset / 'val' / 'wolf', COLOURS['wolf'], 1, seed=23)
     assert cli_main(['validate', '--checkpoint', str(run), '--data', 'subset', '-j', '0']) == 2
