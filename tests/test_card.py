@@ -9,7 +9,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 import caretrans  # noqa: F401  (registers the models)
-from caretrans.models.card import CARD_KEY, ModelCard
+from caretrans.models.card import ModelCard
 
 
 def _card(**overrides):

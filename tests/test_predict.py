@@ -106,6 +106,12 @@ def test_predict_from_the_run_folder_alone(run, tmp_path, monkeypatch, capsys):
     assert [r[0] for r in rows[1:]] == [str(p) for p in paths]
     assert float(rows[1][2]) == pytest.approx(probs[0].max().item(), abs=1e-6)
 
+    # Text: one line per image, names and percentages.
+    assert cli_main(['predict', '--checkpoint', str(run), str(paths[0]), '--top-k', '9']) == 0
+    top = probs[0].sort(descending=True)
+    assert capsys.readouterr().out == f'{paths[0]}: ' + ', '.join(
+        f'{labels[i]} {100 * v:.1f}%' for v, i in zip(top.values.tolist(), top.indices.tolist())) + '\n'
+
     # The Python equivalent: three lines.
     model, transform, names = caretrans.load_run(run)
     assert names == labels and not model.training

@@ -100,9 +100,6 @@ def _export(args, model, info) -> dict:
 
     if args.dynamic_batch:
         raise ValueError('--dynamic-batch does not apply to ExecuTorch programs (batch 1)')
-    if args.image_input and args.int8:
-        raise ValueError('--image-input and --int8 do not go together for ExecuTorch: the int8 program takes the '
-                         'normalised tensor its calibration images are')
     norm = _image_norm(args, model)
     program_model = ImageInput(model, *norm, scale=1 / 255).eval() if norm else model
     return export_executorch(program_model, args.output, args.backend or 'xnnpack', args.img_size, fp16=args.fp16)
@@ -185,8 +182,9 @@ def _input_line(args, model) -> str:
     shape = f'({batch}, {model.in_chans}, {args.img_size}, {args.img_size})'
     if args.image_input:
         mean, std = _image_norm(args, model)
-        kind = 'an RGB' if model.in_chans == 3 else 'a grayscale' if model.in_chans == 1 else 'a'
-        return (f'input {shape}: {kind} image of 0-255 pixels, scaled and normalised inside the program '
+        kind = ('a float tensor of' if args.format == 'executorch' else
+                'an RGB image of' if model.in_chans == 3 else 'a grayscale image of')
+        return (f'input {shape}: {kind} 0-255 pixels, scaled and normalised inside the program '
                 f'(mean {_floats(mean)}, std {_floats(std)})')
     cfg = getattr(model, 'pretrained_cfg', {}) or {}
     return (f'input {shape}: float pixels normalised with mean {_floats(cfg.get("mean", ()))}, std '
@@ -245,6 +243,11 @@ def run(args):
         raise ValueError('--int8 quantises the ONNX or ExecuTorch export: use it with --format onnx or executorch')
     if args.int8 and args.backend == 'coreml':
         raise ValueError('--int8 programs are lowered to XNNPACK: use --backend xnnpack')
+    if args.image_input and args.format not in ('coreml', 'executorch'):
+        raise ValueError('--image-input applies to Core ML and ExecuTorch exports')
+    if args.image_input and args.int8:
+        raise ValueError('--image-input and --int8 do not go together: the int8 program takes the normalised '
+                         'tensor its calibration images are')
     check_at_least(args, calib_count=1, eval_count=0)
     if not 0 < args.crop_pct <= 1:
         raise ValueError(f'--crop-pct {args.crop_pct}: expected a fraction in (0, 1]')
