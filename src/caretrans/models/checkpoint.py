@@ -203,7 +203,9 @@ def load_weights(model: nn.Module, path: PathLike, strict: bool = True, filter_f
         card.apply(model)  # its labels and preprocessing describe this model now
     if head_note is None:
         head = [k for k in _classifier_keys(model) if k in model.state_dict()]
-        if not head or not all(k in state_dict for k in head):
+        if not head:
+            head_note = 'no classifier'
+        elif not all(k in state_dict for k in head):
             head_note = 'classifier reset (another class count)'
         elif label_names is not None:
             head_note = 'classifier kept by position (the checkpoint records no label names)'
