@@ -1,4 +1,5 @@
 """The model card: round trips, checks, and timm reading the preprocessing it records."""
+import dataclasses
 import json
 
 import pytest
@@ -75,3 +76,73 @@ def test_card_travels_with_saved_weights_and_load_checkpoint_applies_it(tmp_path
     # Fine-tuning to another class count keeps the model's own config: the card's labels are not its.
     other = load_checkpoint(timm.create_model('care_s0', num_classes=5, in_chans=1), tmp_path / 'best.safetensors')
     assert 'label_names' not in other.pretrained_cfg or other.pretrained_cfg['label_names'] != card.label_names
+
+
+def _saved(tmp_path, card):
+    from caretrans.models.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    model = timm.create_model(card.architecture, **card.model_kwargs())
+    save_weights(model, tmp_path / 'best.safetensors', card=card, model_name=card.architecture)
+    return model, tmp_path / 'best.safetensors'
+
+
+def test_fine_tuning_picks_the_classifier_rows_by_label_name(tmp_path):
+    from caretrans.models.checkpoint import load_weights
+
+    trained, path = _saved(tmp_path, _card())
+    model = timm.create_model('care_s0', num_classes=2, in_chans=1)
+    note = load_weights(model, path, label_names=('fox', 'cat'))
+    assert note.endswith('classifier kept by name (2 of its 3 classes, in the new order)')
+    for key in ('head.fc.weight', 'head.fc.bias', 'head_dist.fc.weight', 'head_dist.fc.bias'):
+        assert torch.equal(model.state_dict()[key], trained.state_dict()[key][[2, 0]]), key
+    assert torch.equal(model.stem.conv.weight, trained.stem.conv.weight)
+    assert 'label_names' not in model.pretrained_cfg  # the card's labels are not this model's
+
+    # A class the checkpoint does not know: the classifier starts fresh, and the line says why.
+    fresh = timm.create_model('care_s0', num_classes=2, in_chans=1)
+    torch.manual_seed(1)
+    model = timm.create_model('care_s0', num_classes=2, in_chans=1)
+    head = model.head.fc.weight.clone()
+    note = load_weights(model, path, label_names=('cat', 'wolf'))
+    assert note.endswith("classifier reset (the checkpoint's classes lack wolf)")
+    assert torch.equal(model.head.fc.weight, head) and torch.equal(model.stem.conv.weight, trained.stem.conv.weight)
+    tensors = sum(not k.endswith('num_batches_tracked') for k in fresh.state_dict())
+    assert note.startswith(f'loaded {tensors - 4} tensors from {path}')
+
+    # The same classes in the same order: kept, and the card describes the model.
+    model = timm.create_model('care_s0', num_classes=3, in_chans=1)
+    assert load_weights(model, path, label_names=('cat', 'dog', 'fox')).endswith('classifier kept')
+    assert model.pretrained_cfg['label_names'] == ('cat', 'dog', 'fox')
+
+
+def test_save_for_hf_carries_the_card(tmp_path):
+    from caretrans.inference import load_run
+    from caretrans.models import describe, load_checkpoint
+
+    card = _card(attention_kernel='identity')
+    trained, path = _saved(tmp_path, card)
+    model = load_checkpoint(timm.create_model('care_s0', **card.model_kwargs()), path).eval()
+    timm.models.save_for_hf(model, tmp_path / 'plain', safe_serialization=True)
+    timm.models.save_for_hf(model, tmp_path / 'whole', safe_serialization=True, model_config=card.hf_model_config())
+
+    config = json.loads((tmp_path / 'plain' / 'config.json').read_text())
+    assert 'tag' not in config['pretrained_cfg'] and 'notes' not in config['pretrained_cfg']  # not the release's
+    assert config['pretrained_cfg']['description'] == 'care_s0 trained on /data/pets (classification)'
+    loaded = timm.create_model(f'local-dir:{tmp_path / "plain"}', pretrained=True)
+    config = resolve_data_config(model=loaded)  # JSON lists for tuples
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()} == card.data_config()
+    assert tuple(loaded.pretrained_cfg['label_names']) == card.label_names
+    # describe reads config.json beside model.safetensors; timm's fields hold all but the dataset.
+    info = describe(tmp_path / 'plain' / 'model.safetensors')
+    assert (info.model, info.num_classes, info.in_chans, info.img_size) == ('care_s0', 3, 1, 64)
+    assert info.card == dataclasses.replace(card, dataset='', model_args=dict(card.model_args, global_pool='avg'))
+    assert describe(tmp_path / 'whole').card == card  # the card kept whole beside timm's fields
+
+    model, transform, labels = load_run(tmp_path / 'plain')
+    assert labels == ['cat', 'dog', 'fox'] and model.head_dist is not None
+    x = transform(Image.new('L', (80, 80), 100))[None]
+    assert x.shape == (1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trained.eval()(x))
+

@@ -9,7 +9,7 @@ import torch
 
 import caretrans
 from caretrans.cli import export as export_cli, main as cli_main
-from caretrans.export import ExportCheckError, convert, export_model, onnx_session
+from caretrans.export import ExportCheckError, convert, export_metadata, export_model, onnx_session
 from caretrans.export.convert import check_onnx
 
 
@@ -36,8 +36,9 @@ def test_failed_onnx_check_is_an_error(fused, tmp_path):
 
 
 def test_torchscript_loads_back_and_matches(fused, tmp_path):
-    report = export_model(fused, 'torchscript', tmp_path / 'm.pt', img_size=64)
+    report = export_model(fused, 'torchscript', tmp_path / 'm.pt', img_size=64, metadata={'card': '{"a": 1}'})
     assert set(report['max_abs_diff']) == {'1', '2'} and max(report['max_abs_diff'].values()) < 1e-4
+    assert export_metadata(tmp_path / 'm.pt') == {'card': '{"a": 1}'}  # the archive's extra files
     loaded = torch.jit.load(str(tmp_path / 'm.pt'))
     x = torch.randn(2, 3, 96, 64)  # another size than traced: the graph is size-generic
     with torch.no_grad(), torch.jit.optimized_execution(False):
@@ -46,8 +47,9 @@ def test_torchscript_loads_back_and_matches(fused, tmp_path):
 
 def test_coreml_package_is_validated(fused, tmp_path):
     pytest.importorskip('coremltools')
-    report = export_model(fused, 'coreml', tmp_path / 'm.mlpackage', img_size=64)
+    report = export_model(fused, 'coreml', tmp_path / 'm.mlpackage', img_size=64, metadata={'card': '{"a": 1}'})
     assert (tmp_path / 'm.mlpackage' / 'Manifest.json').is_file()
+    assert export_metadata(tmp_path / 'm.mlpackage')['card'] == '{"a": 1}'  # beside coremltools' own entries
     assert report['numerically_checked'] == (platform.system() == 'Darwin')
 
 
@@ -69,6 +71,9 @@ def test_coreml_fp16_image_input_is_checked(fused, tmp_path):
     pixels = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ImageInput(fused, mean, std)(pixels), fused(Normalize(mean, std)(pixels)))
+        # ExecuTorch's image input: 0-255 pixels, scaled inside.
+        torch.testing.assert_close(ImageInput(fused, mean, std, scale=1 / 255)(pixels * 255),
+                                   fused(Normalize(mean, std)(pixels)))
     with pytest.raises(ExportCheckError, match='do not compute in float32'):
         check_coreml_spec(fused, spec, torch.zeros(1, 3, 64, 64), fp16=False)
     gray = caretrans.reparameterize(timm.create_model('care_s0', depths=(1, 1, 1, 1), num_classes=10, in_chans=1))

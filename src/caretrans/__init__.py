@@ -11,17 +11,18 @@ import importlib.util
 import sys
 
 __version__ = '0.1.0'
-__all__ = ['CareTransformer', 'CheckpointError', 'checkpoint_filter_fn', 'describe', 'load_checkpoint',
-           'reparameterize', 'save_atomic']
+__all__ = ['CareTransformer', 'CheckpointError', 'ModelCard', 'checkpoint_filter_fn', 'describe', 'load_checkpoint',
+           'load_run', 'read_card', 'reparameterize', 'save_atomic']
 
-# Public names, imported from .models on first use (PEP 562).
+# Public names, imported on first use (PEP 562) from .models, but for those of another package.
+_EXPORTS_FROM = {'load_run': '.inference'}
 _MODEL_EXPORTS = set(__all__)
-_SUBPACKAGES = {'bench', 'cli', 'data', 'dense', 'export', 'models', 'runtime', 'train'}
+_SUBPACKAGES = {'bench', 'cli', 'data', 'dense', 'export', 'inference', 'models', 'runtime', 'train'}
 
 
 def __getattr__(name):
     if name in _MODEL_EXPORTS:
-        return getattr(importlib.import_module('.models', __name__), name)
+        return getattr(importlib.import_module(_EXPORTS_FROM.get(name, '.models'), __name__), name)
     if name in _SUBPACKAGES:
         return importlib.import_module(f'.{name}', __name__)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -6,11 +6,12 @@ import json
 def add_parser(subparsers):
     p = subparsers.add_parser('export', help='export a fused model and check it against PyTorch')
     p.add_argument('-m', '--model', help='timm model name (default: the one recorded in the checkpoint, else care_s0)')
-    p.add_argument('--checkpoint', metavar='FILE', help='weights (ours or released; class count and input '
-                   'channels are read from it)')
+    p.add_argument('--checkpoint', metavar='RUN_OR_FILE', help='weights (a run folder, ours or released; the model '
+                   'card, else the class count and input channels, are read from it)')
     p.add_argument('--format', required=True, choices=['onnx', 'torchscript', 'coreml', 'executorch'])
     p.add_argument('--output', required=True, metavar='PATH')
-    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--img-size', type=int, help="the graph's input size (default: the checkpoint's model card's, "
+                   "else 224)")
     p.add_argument('--dynamic-batch', action='store_true', help='ONNX: a free batch axis (checked at 1 and 8)')
     p.add_argument('--backend', choices=['xnnpack', 'coreml'],
                    help='ExecuTorch: the delegate the program is lowered to (default: xnnpack, the phone CPU)')
@@ -18,9 +19,12 @@ def add_parser(subparsers):
                    help='Core ML (.mlpackage or --backend coreml): float16 compute precision, as the Neural '
                    'Engine runs')
     p.add_argument('--image-input', action='store_true', help='Core ML .mlpackage: the input is an image (0-255 '
-                   'pixels) that the program scales and normalises with --mean and --std')
-    p.add_argument('--mean', type=float, nargs='+', help="with --image-input (default: the model's pretrained_cfg)")
-    p.add_argument('--std', type=float, nargs='+', help="with --image-input (default: the model's pretrained_cfg)")
+                   'pixels); ExecuTorch: a float tensor of 0-255 pixels; the program scales and normalises it with '
+                   '--mean and --std')
+    p.add_argument('--mean', type=float, nargs='+', help="with --image-input (default: the model card's, else the "
+                   "model's pretrained_cfg)")
+    p.add_argument('--std', type=float, nargs='+', help="with --image-input (default: the model card's, else the "
+                   "model's pretrained_cfg)")
     p.add_argument('--no-reparameterize', dest='reparameterize', action='store_false',
                    help='export the model as trained, without inference fusions')
     p.add_argument('--int8', metavar='DATA', help="ONNX: also write PATH.int8.onnx, quantised with ONNX Runtime "
@@ -28,8 +32,9 @@ def add_parser(subparsers):
                    "XNNPACK's quantiser (static, per-channel); calibrated on DATA ('fashion-mnist', 'synthetic' or an "
                    "image folder)")
     p.add_argument('--calib-count', type=int, default=256, help='calibration images (default 256)')
-    p.add_argument('--crop-pct', type=float, default=0.875,
-                   help='with --int8: evaluation transform crop (resize to img_size / crop_pct, centre crop)')
+    p.add_argument('--crop-pct', type=float,
+                   help='with --int8: evaluation transform crop (resize to img_size / crop_pct, centre crop; '
+                   "default: the model card's, else 0.875)")
     p.add_argument('--eval-count', type=int, default=0,
                    help='with --int8: top-1 of float and int8 on this many validation images of DATA')
     p.add_argument('--json', action='store_true', help='print the report as JSON')
@@ -42,9 +47,12 @@ def _build(args, info):
 
     from ..models import load_checkpoint, reparameterize
 
-    model = timm.create_model(args.model, **(info.model_kwargs() if info else {}))
+    kwargs = (info.card.model_kwargs() if info.card is not None else info.model_kwargs()) if info else {}
+    model = timm.create_model(args.model, **kwargs)
     if info:
         load_checkpoint(model, info.path)
+        if info.card is not None:
+            info.card.apply(model)  # a save_for_hf folder's card is in its config.json, not in the weights
     model.eval()
     return reparameterize(model) if args.reparameterize else model
 
@@ -67,20 +75,34 @@ def _image_norm(args, model):
     return tuple(norm)
 
 
-def _export(args, model) -> dict:
+def _metadata(args, info) -> dict:
+    """What the artefact records (formats with a place for it): the checkpoint's model card, at the graph's size."""
+    import dataclasses
+
+    from ..models.card import CARD_KEY
+
+    if not info or info.card is None:
+        return {}
+    card = info.card
+    return {CARD_KEY: dataclasses.replace(card, input_size=(card.in_chans, args.img_size, args.img_size)).to_json()}
+
+
+def _export(args, model, info) -> dict:
     if args.format != 'executorch':
         from ..export import export_model
 
         if args.backend:
             raise ValueError('--backend chooses the delegate of an ExecuTorch program: use it with --format executorch')
         return export_model(model, args.format, args.output, args.img_size, args.dynamic_batch, fp16=args.fp16,
-                            image=_image_norm(args, model))
+                            image=_image_norm(args, model), metadata=_metadata(args, info))
+    from ..export.convert import ImageInput
     from ..export.mobile import export_executorch
 
-    if args.dynamic_batch or args.image_input:
-        raise ValueError('--dynamic-batch and --image-input do not apply to ExecuTorch programs '
-                         '(batch 1, tensor input)')
-    return export_executorch(model, args.output, args.backend or 'xnnpack', args.img_size, fp16=args.fp16)
+    if args.dynamic_batch:
+        raise ValueError('--dynamic-batch does not apply to ExecuTorch programs (batch 1)')
+    norm = _image_norm(args, model)
+    program_model = ImageInput(model, *norm, scale=1 / 255).eval() if norm else model
+    return export_executorch(program_model, args.output, args.backend or 'xnnpack', args.img_size, fp16=args.fp16)
 
 
 def _int8_onnx(args, model):
@@ -154,9 +176,33 @@ def _int8(args, model, report):
         report['int8'].update(eval_images=args.eval_count, top1_float=evaluate(paths[0]), top1_int8=evaluate(paths[1]))
 
 
+def _input_line(args, model) -> str:
+    """What the exported graph takes."""
+    batch = 'N' if args.dynamic_batch else '1'
+    shape = f'({batch}, {model.in_chans}, {args.img_size}, {args.img_size})'
+    if args.image_input:
+        mean, std = _image_norm(args, model)
+        kind = ('a float tensor of' if args.format == 'executorch' else
+                'an RGB image of' if model.in_chans == 3 else 'a grayscale image of')
+        return (f'input {shape}: {kind} 0-255 pixels, scaled and normalised inside the program '
+                f'(mean {_floats(mean)}, std {_floats(std)})')
+    cfg = getattr(model, 'pretrained_cfg', {}) or {}
+    return (f'input {shape}: float pixels normalised with mean {_floats(cfg.get("mean", ()))}, std '
+            f'{_floats(cfg.get("std", ()))} after resizing to {args.img_size} / crop {cfg.get("crop_pct")} '
+            f'({cfg.get("interpolation")}), centre crop')
+
+
+def _floats(values) -> str:
+    return '(' + ', '.join(f'{v:.4g}' for v in values) + ')'
+
+
 def _print(args, report):
     print(f'wrote {report["output"]} ({args.format}{"/" + report["backend"] if "backend" in report else ""}, '
           f'{"fused" if args.reparameterize else "un-fused"} {args.model})')
+    print(report['input'])
+    if report['model_card'] is not None:
+        print('model card (labels, preprocessing) recorded in the metadata' if report.get('metadata') else
+              'no model card recorded: ExecuTorch programs have no metadata (keep the run\'s best.safetensors)')
     if 'segments' in report:
         portable = ', '.join(f'{op} x{n}' for op, n in report['portable'].items()) or 'none'
         print(f'delegated to {"+".join(report["backends"]) or "no backend"} in {report["segments"]} segment(s): '
@@ -180,24 +226,36 @@ def _print(args, report):
 
 def run(args):
     from ..export.convert import check_export_request
+    from ..inference import run_weights
     from ..models import describe
     from .common import check_at_least, check_model_names
 
     # Everything that would fail is refused before the model is built.
+    if args.checkpoint:
+        args.checkpoint = str(run_weights(args.checkpoint))
     info = describe(args.checkpoint, model=args.model) if args.checkpoint else None
+    card = info.card if info else None
     args.model = (info.model if info else args.model) or 'care_s0'
+    args.img_size = args.img_size if args.img_size is not None else card.img_size if card else 224
+    args.crop_pct = args.crop_pct if args.crop_pct is not None else card.crop_pct if card else 0.875
     check_model_names([args.model])
     if args.int8 and args.format not in ('onnx', 'executorch'):
         raise ValueError('--int8 quantises the ONNX or ExecuTorch export: use it with --format onnx or executorch')
     if args.int8 and args.backend == 'coreml':
         raise ValueError('--int8 programs are lowered to XNNPACK: use --backend xnnpack')
+    if args.image_input and args.format not in ('coreml', 'executorch'):
+        raise ValueError('--image-input applies to Core ML and ExecuTorch exports')
+    if args.image_input and args.int8:
+        raise ValueError('--image-input and --int8 do not go together: the int8 program takes the normalised '
+                         'tensor its calibration images are')
     check_at_least(args, calib_count=1, eval_count=0)
     if not 0 < args.crop_pct <= 1:
         raise ValueError(f'--crop-pct {args.crop_pct}: expected a fraction in (0, 1]')
     check_export_request(args.format, args.output, args.img_size, args.dynamic_batch)
     model = _build(args, info)
-    report = _export(args, model)
-    report.update(model=args.model, checkpoint=args.checkpoint, reparameterized=args.reparameterize)
+    report = _export(args, model, info)
+    report.update(model=args.model, checkpoint=args.checkpoint, reparameterized=args.reparameterize,
+                  input=_input_line(args, model), model_card=card.to_dict() if card else None)
     if args.int8:
         _int8(args, model, report)
     if args.json:

@@ -58,13 +58,21 @@ def onnx_session(path, threads: Optional[int] = None):
     return ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
 
 
-def export_onnx(model: nn.Module, x: torch.Tensor, output: Path, dynamic_batch: bool = False, opset: int = 17):
-    """ONNX through the TorchScript-based exporter (seconds, where the dynamo exporter takes ~20 s)."""
+def export_onnx(model: nn.Module, x: torch.Tensor, output: Path, dynamic_batch: bool = False, opset: int = 17,
+                metadata: Optional[Dict[str, str]] = None):
+    """ONNX through the TorchScript-based exporter (seconds, where the dynamo exporter takes ~20 s); `metadata`
+    goes to the model's metadata_props."""
     dynamic_axes = {'image': {0: 'batch'}, 'logits': {0: 'batch'}} if dynamic_batch else None
     with warnings.catch_warnings():  # the exporter's deprecation notice and tracer warnings
         warnings.simplefilter('ignore')
         torch.onnx.export(model, (x,), str(output), dynamo=False, opset_version=opset, input_names=['image'],
                           output_names=['logits'], dynamic_axes=dynamic_axes)
+    if metadata:
+        import onnx
+
+        proto = onnx.load(str(output))
+        onnx.helper.set_model_props(proto, metadata)
+        onnx.save(proto, str(output))
 
 
 def check_onnx(model: nn.Module, output: Path, inputs: List[torch.Tensor]) -> Dict[int, float]:
@@ -78,11 +86,12 @@ def check_onnx(model: nn.Module, output: Path, inputs: List[torch.Tensor]) -> Di
                 for x in inputs}
 
 
-def export_torchscript(model: nn.Module, x: torch.Tensor, output: Path):
+def export_torchscript(model: nn.Module, x: torch.Tensor, output: Path, metadata: Optional[Dict[str, str]] = None):
+    """A traced TorchScript archive; `metadata` as its extra files (`torch.jit.load(path, _extra_files=...)`)."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', torch.jit.TracerWarning)
         traced = torch.jit.trace(model, x)
-    traced.save(str(output))
+    traced.save(str(output), _extra_files=dict(metadata or {}))
 
 
 def check_torchscript(model: nn.Module, output: Path, inputs: List[torch.Tensor]) -> Dict[int, float]:
@@ -92,26 +101,29 @@ def check_torchscript(model: nn.Module, output: Path, inputs: List[torch.Tensor]
 
 
 class ImageInput(nn.Module):
-    """`model` behind the image preprocessing: pixels in [0, 1] (Core ML scales 0-255 by 1/255 before
-    this), normalised per channel by (x - mean) / std, as in training."""
+    """`model` behind the image preprocessing: pixels times `scale` in [0, 1] (Core ML scales 0-255 by 1/255
+    before this; an ExecuTorch program takes 0-255 with scale 1/255), normalised per channel by
+    (x - mean) / std, as in training."""
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], scale: float = 1.0):
         super().__init__()
-        self.model = model
-        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer('inv_std', 1.0 / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.model, self.in_chans = model, len(mean)
+        # (x * scale - mean) / std as (x - mean / scale) * (scale / std): one subtraction, one multiplication.
+        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / scale)
+        self.register_buffer('inv_std', scale / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model((x - self.mean) * self.inv_std)
 
 
 def export_coreml(model: nn.Module, x: torch.Tensor, output: Path, fp16: bool = False,
-                  image: Optional[Tuple[Sequence[float], Sequence[float]]] = None):
+                  image: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
+                  metadata: Optional[Dict[str, str]] = None):
     """An ML program (.mlpackage) converted by coremltools from the torch.export program.
 
     fp16: float16 compute precision (what the Neural Engine runs; weights stored in float16).
     image: (mean, std): the input is an RGB (grayscale for one channel) image of 0-255 pixels, which
-    the program scales and normalises itself.
+    the program scales and normalises itself. metadata: the model's user_defined_metadata.
     """
     try:
         import coremltools as ct
@@ -129,6 +141,7 @@ def export_coreml(model: nn.Module, x: torch.Tensor, output: Path, fp16: bool = 
         mlmodel = ct.convert(program, inputs=inputs, outputs=[ct.TensorType(name='logits')], convert_to='mlprogram',
                              compute_precision=ct.precision.FLOAT16 if fp16 else ct.precision.FLOAT32,
                              minimum_deployment_target=ct.target.macOS13)
+    mlmodel.user_defined_metadata.update(metadata or {})
     mlmodel.save(str(output))
 
 
@@ -227,20 +240,25 @@ def check_export_request(fmt: str, output, img_size: int, dynamic_batch: bool = 
 
 def export_model(model: nn.Module, fmt: str, output, img_size: int = 224, dynamic_batch: bool = False,
                  in_chans: Optional[int] = None, fp16: bool = False,
-                 image: Optional[Tuple[Sequence[float], Sequence[float]]] = None) -> Dict[str, object]:
+                 image: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
+                 metadata: Optional[Dict[str, str]] = None) -> Dict[str, object]:
     """Export an eval-mode `model` and check the artefact; returns what was checked.
 
     The check runs the artefact on random inputs (batches 1 and 8 for a dynamic batch axis,
     else 1) and raises an ExportCheckError when it disagrees with PyTorch. The artefact is
     written beside `output` and moved there only once it passes: a failed export leaves nothing.
     Core ML only: `fp16` compute precision, `image` = (mean, std) for an image input normalised
-    inside the program.
+    inside the program. `metadata` (strings, e.g. the model card's JSON under CARD_KEY) is stored where the
+    format keeps it: ONNX metadata_props, TorchScript extra files, Core ML user_defined_metadata
+    (`export_metadata` reads it back).
     """
     if fmt not in FORMATS:
         raise ValueError(f'unknown export format {fmt!r}; choose one of {", ".join(FORMATS)}')
     output = check_export_request(fmt, output, img_size, dynamic_batch)
     if (fp16 or image is not None) and fmt != 'coreml':
         raise ValueError('--fp16 and --image-input are Core ML options')
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in (metadata or {}).items()):
+        raise ValueError('export metadata maps strings to strings')
     output.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     in_chans = in_chans if in_chans is not None else getattr(model, 'in_chans', 3)
@@ -253,11 +271,11 @@ def export_model(model: nn.Module, fmt: str, output, img_size: int = 224, dynami
         staged = staging / output.name
         with torch.no_grad():
             if fmt == 'onnx':
-                export_onnx(model, x, staged, dynamic_batch)
+                export_onnx(model, x, staged, dynamic_batch, metadata=metadata)
             elif fmt == 'torchscript':
-                export_torchscript(model, x, staged)
+                export_torchscript(model, x, staged, metadata)
             else:
-                export_coreml(model, x, staged, fp16, image)
+                export_coreml(model, x, staged, fp16, image, metadata)
         inputs = _inputs(batches, in_chans, img_size)
         if fmt == 'coreml':
             max_abs_diff, report['coreml_program'] = check_coreml(model, staged, inputs, fp16, image)
@@ -268,5 +286,25 @@ def export_model(model: nn.Module, fmt: str, output, img_size: int = 224, dynami
         os.replace(staged, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    report.update(max_abs_diff={str(b): d for b, d in max_abs_diff.items()}, numerically_checked=bool(max_abs_diff))
+    report.update(max_abs_diff={str(b): d for b, d in max_abs_diff.items()}, numerically_checked=bool(max_abs_diff),
+                  input_shape=[-1 if dynamic_batch else 1, in_chans, img_size, img_size],
+                  metadata=sorted(metadata or {}))
     return report
+
+
+def export_metadata(path) -> Dict[str, str]:
+    """The metadata `export_model` stored in an ONNX file, a TorchScript archive or a Core ML package."""
+    path = Path(path)
+    if path.suffix == '.onnx':
+        import onnx
+
+        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if path.suffix == '.mlpackage':
+        import coremltools as ct
+
+        return dict(ct.models.MLModel(str(path), skip_model_load=True).user_defined_metadata)
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:  # TorchScript: extra files are <archive>/extra/<name>
+        return {Path(name).name: archive.read(name).decode('utf-8') for name in archive.namelist()
+                if Path(name).parent.name == 'extra'}

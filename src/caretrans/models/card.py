@@ -12,13 +12,19 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
-__all__ = ['ModelCard', 'TASKS', 'CARD_KEY']
+__all__ = ['ModelCard', 'TASKS', 'CARD_KEY', 'HF_CONFIG']
 
 TASKS = ('classification', 'det', 'seg')
 # The key under which a card is stored: safetensors metadata (JSON text), a training state's dict entry,
 # an export's metadata.
 CARD_KEY = 'card'
 INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos')
+# timm's Hugging Face layout: config.json beside model.safetensors (timm.models.save_for_hf).
+HF_CONFIG = 'config.json'
+# pretrained_cfg entries that describe the released weights, not weights trained here.
+RELEASE_ONLY = ('tag', 'notes', 'license', 'hf_hub_id', 'hf_hub_filename', 'url', 'file')
+# Factory arguments that timm records but that do not change the weights' layout.
+_TRAINING_ONLY_ARGS = ('num_classes', 'in_chans', 'pretrained', 'drop_rate', 'drop_path_rate')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,9 +88,12 @@ class ModelCard:
                     crop_pct=self.crop_pct, crop_mode=self.crop_mode)
 
     def pretrained_cfg(self, base: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """`base` (a model's pretrained_cfg) with this card's classes, labels and preprocessing."""
-        cfg = dict(base or {})
+        """`base` (a model's pretrained_cfg) with this card's classes, labels and preprocessing, and without
+        what describes released weights (tag, notes, licence, source): save_for_hf writes it to config.json."""
+        cfg = {k: v for k, v in (base or {}).items() if k not in RELEASE_ONLY}
         cfg.update(self.data_config(), num_classes=self.num_classes, label_names=self.label_names)
+        if self.dataset:
+            cfg['description'] = f'{self.architecture} trained on {self.dataset} ({self.task})'
         cfg.pop('test_input_size', None)  # the card's size is the evaluation size
         cfg.pop('test_crop_pct', None)
         if tuple(cfg.get('input_size', ())) != tuple((base or {}).get('input_size', ())):
@@ -132,6 +141,34 @@ class ModelCard:
         except (TypeError, ValueError) as e:
             raise ValueError(f'{source}: the model card is not valid JSON: {e}') from None
         return cls.from_dict(values, source)
+
+    @classmethod
+    def from_hf_config(cls, config: Any, source: str = HF_CONFIG) -> 'ModelCard':
+        """The card of a timm Hugging Face config.json (what `save_for_hf` writes): the card saved whole
+        under CARD_KEY (`save_for_hf(..., model_config=card.hf_model_config())`), else one read from
+        timm's own fields (architecture, classes, labels, preprocessing, model arguments)."""
+        if not isinstance(config, dict):
+            raise ValueError(f'{source}: a model config is a mapping, not a {type(config).__name__}')
+        if CARD_KEY in config:
+            return cls.from_dict(config[CARD_KEY], source)
+        cfg = config.get('pretrained_cfg') if isinstance(config.get('pretrained_cfg'), dict) else config
+        try:
+            num_classes = int(config.get('num_classes', cfg.get('num_classes')))
+            labels = config.get('label_names', cfg.get('label_names')) or [str(i) for i in range(num_classes)]
+            if isinstance(labels, dict):  # timm allows {index: name}
+                labels = [labels.get(str(i), labels.get(i, str(i))) for i in range(num_classes)]
+            args = {k: v for k, v in (config.get('model_args') or {}).items() if k not in _TRAINING_ONLY_ARGS}
+            return cls(architecture=config.get('architecture') or cfg.get('architecture'), num_classes=num_classes,
+                       label_names=tuple(labels), input_size=tuple(cfg['input_size']),
+                       **{k: cfg[k] for k in ('interpolation', 'crop_pct', 'crop_mode', 'mean', 'std') if k in cfg},
+                       model_args=args)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f'{source}: not a timm model config with classes and preprocessing: {e}') from None
+
+    def hf_model_config(self) -> Dict[str, Any]:
+        """`model_config` for timm's `save_for_hf`/`push_to_hf_hub`: the whole card kept in config.json
+        beside timm's fields (which hold its preprocessing and labels already)."""
+        return {CARD_KEY: self.to_dict()}
 
     @classmethod
     def for_classifier(cls, architecture: str, label_names: Sequence[str], img_size: int, in_chans: int,

@@ -12,7 +12,7 @@ import uuid
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -20,7 +20,8 @@ import torch.nn as nn
 from .card import CARD_KEY, ModelCard
 
 __all__ = ['CheckpointError', 'read_checkpoint', 'unwrap_state_dict', 'match_state_dict', 'filter_state_dict',
-           'load_checkpoint', 'save_atomic', 'atomic_file', 'save_weights', 'weights_info', 'read_card', 'tensor_checksum',
+           'load_checkpoint', 'load_weights', 'save_atomic', 'atomic_file', 'save_weights', 'weights_info',
+           'read_card', 'tensor_checksum',
            'card_of']
 
 PathLike = Union[str, os.PathLike]
@@ -204,7 +205,7 @@ def filter_state_dict(checkpoint: Any, model: nn.Module) -> Dict[str, torch.Tens
 
 
 def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True,
-                    filter_fn: Optional[FilterFn] = None) -> nn.Module:
+                    filter_fn: Optional[FilterFn] = None, label_names: Optional[Sequence[str]] = None) -> nn.Module:
     """Load one of our checkpoints (safetensors or torch.save) or a released one into `model`.
 
     `filter_fn(checkpoint, model)` converts the checkpoint to the model's names, as for
@@ -212,20 +213,71 @@ def load_checkpoint(model: nn.Module, path: PathLike, strict: bool = True,
     read the released names with it), else `filter_state_dict`. `strict=True` raises a CheckpointError
     on missing, unexpected or mis-shaped tensors; `strict=False` loads the tensors that fit and warns
     naming the others. Either way a classifier of another class count is left at its initialisation
-    with a warning, as timm does.
+    with a warning, as timm does. `label_names` (the model's classes in output order) matches the
+    classifier by name, as `load_weights` does.
+    """
+    load_weights(model, path, strict, filter_fn, label_names)
+    return model
+
+
+def load_weights(model: nn.Module, path: PathLike, strict: bool = True, filter_fn: Optional[FilterFn] = None,
+                 label_names: Optional[Sequence[str]] = None) -> str:
+    """`load_checkpoint`, saying in one line what was loaded: the tensor count and what became of the classifier.
+
+    With `label_names`, the classifier is matched by name: a checkpoint whose model card names all of
+    them gives its rows for them (reordered, a subset kept); one whose card lacks any leaves the
+    classifier fresh, as does one without a card whose class count differs (same count: kept by position).
+    The checkpoint's card describes the model afterwards (`ModelCard.apply`) when its classes are the model's.
     """
     filter_fn = filter_fn or getattr(model, 'checkpoint_filter_fn', None) or filter_state_dict
     checkpoint = read_checkpoint(path)
+    card = card_of(checkpoint, path)
+    head_note = None
+    if label_names is not None and card is not None:
+        checkpoint, head_note = _classifier_by_name(checkpoint, model, card, list(label_names), str(path))
     token = _LOADING.set((strict, str(path)))
     try:
         state_dict = filter_fn(checkpoint, model)
     finally:
         _LOADING.reset(token)
     model.load_state_dict(state_dict, strict=False)  # what did not fit is checked by the filter
-    card = card_of(checkpoint, path)
-    if card is not None and card.num_classes == getattr(model, 'num_classes', None):
+    if card is not None and card.num_classes == getattr(model, 'num_classes', None) \
+            and (label_names is None or tuple(label_names) == card.label_names):
         card.apply(model)  # its labels and preprocessing describe this model now
-    return model
+    if head_note is None:
+        head = [k for k in _classifier_keys(model) if k in model.state_dict()]
+        if not head:
+            head_note = 'no classifier'
+        elif not all(k in state_dict for k in head):
+            head_note = 'classifier reset (another class count)'
+        elif label_names is not None:
+            head_note = 'classifier kept by position (the checkpoint records no label names)'
+        else:
+            head_note = 'classifier kept'
+    return f'loaded {len(state_dict)} tensors from {path}; {head_note}'
+
+
+def _classifier_by_name(checkpoint: Any, model: nn.Module, card: ModelCard, label_names: List[str], source: str):
+    """(state dict, note): the classifier rows of a checkpoint with a card, picked by label name for the
+    model's `label_names`, or dropped (the model's classifier stays fresh) when the card lacks a name."""
+    state_dict = dict(unwrap_state_dict(checkpoint, source))
+    keys = [k for k in _classifier_keys(model) if k in state_dict]
+    missing = [name for name in label_names if name not in card.label_names]
+    fits = all(state_dict[k].shape[0] == card.num_classes for k in keys)
+    if missing or not fits or getattr(model, 'num_classes', None) != len(label_names):
+        for k in keys:
+            del state_dict[k]
+        if missing:
+            return state_dict, (f"classifier reset (the checkpoint's classes lack {', '.join(missing[:5])}"
+                                + (', ...' if len(missing) > 5 else '') + ')')
+        return state_dict, f'classifier reset ({len(label_names)} label names for {model.num_classes} outputs)'
+    index = torch.tensor([card.label_names.index(name) for name in label_names])
+    for k in keys:
+        state_dict[k] = state_dict[k].index_select(0, index)
+    if tuple(label_names) == card.label_names:
+        return state_dict, 'classifier kept'
+    return state_dict, (f'classifier kept by name ({len(label_names)} of its {card.num_classes} classes, '
+                        'in the new order)')
 
 
 @contextlib.contextmanager

@@ -1,15 +1,17 @@
 """What a checkpoint holds: the model it was recorded with, its class count, input channels and recipe."""
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .care import rename_released
-from .card import ModelCard
-from .checkpoint import PathLike, card_of, read_checkpoint, unwrap_state_dict, weights_info
+from .card import HF_CONFIG, ModelCard
+from .checkpoint import CheckpointError, PathLike, card_of, read_checkpoint, unwrap_state_dict, weights_info
 
 __all__ = ['CheckpointInfo', 'describe']
 
 RECIPE_FILE = 'recipe.yaml'  # written beside a run's checkpoints
+HF_WEIGHTS = 'model.safetensors'  # beside config.json in timm's Hugging Face layout (save_for_hf)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +34,14 @@ def describe(path: PathLike, model: Optional[str] = None) -> CheckpointInfo:
     """Read a checkpoint (ours, released or safetensors; never unpickling code) and say what it holds.
 
     The classifier and first conv are looked up by the names in the pretrained_cfg of `model` (else of
-    the model recorded in the checkpoint, else CARE's), in the released names too.
+    the model recorded in the checkpoint, else CARE's), in the released names too. A `save_for_hf` folder
+    (or its model.safetensors) is described by its config.json.
     """
     path = Path(path)
+    if path.is_dir() and (path / HF_CONFIG).is_file():
+        path = path / HF_WEIGHTS
     checkpoint = read_checkpoint(path)
-    card = card_of(checkpoint, path)
+    card = card_of(checkpoint, path) or hf_card(path)
     recipe = _recorded_recipe(checkpoint, path)
     recorded = (checkpoint.get('model_name') if isinstance(checkpoint, dict) else None) or weights_info(path).get('model_name')
     model = (model or (card.architecture if card is not None else None)
@@ -55,6 +60,17 @@ def describe(path: PathLike, model: Optional[str] = None) -> CheckpointInfo:
     )
 
 
+def hf_card(weights: Path) -> Optional[ModelCard]:
+    """The card of weights in timm's Hugging Face layout, from the config.json beside them; None elsewhere."""
+    config = weights.parent / HF_CONFIG
+    if weights.name != HF_WEIGHTS or not config.is_file():
+        return None
+    try:
+        return ModelCard.from_hf_config(json.loads(config.read_text(encoding='utf-8')), str(config))
+    except ValueError as e:  # json.JSONDecodeError is one
+        raise CheckpointError(f'{config}: {e}') from None
+
+
 def _recorded_recipe(checkpoint: Any, path: Path) -> Dict[str, Any]:
     """The recipe saved inside a training checkpoint, else the recipe.yaml of its run folder, else {}."""
     inside = checkpoint.get('recipe') if isinstance(checkpoint, dict) else None
@@ -65,7 +81,11 @@ def _recorded_recipe(checkpoint: Any, path: Path) -> Dict[str, Any]:
         return {}
     import yaml
 
-    recipe = yaml.safe_load(beside.read_text(encoding='utf-8'))
+    try:
+        recipe = yaml.safe_load(beside.read_text(encoding='utf-8'))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CheckpointError(f'{beside}, the recipe beside {path.name}, is not a readable YAML file: '
+                              f'{str(e).splitlines()[0]}') from None
     return recipe if isinstance(recipe, dict) else {}
 
 

@@ -15,11 +15,12 @@ from timm.utils import ModelEmaV3
 from ..data import CLASS_MAP_FILE, create_dataset, dataset_info, recorded_classes, save_class_map
 from ..data.loader import build_transform, create_eval_loader, create_train_loader, default_img_size
 from ..models.card import ModelCard
-from ..models.checkpoint import load_checkpoint
+from ..models.checkpoint import load_checkpoint, load_weights
 from ..runtime.distributed import DistributedContext, cleanup_distributed, setup_distributed
 from ..runtime.fit import Parts, fit
 from ..runtime.loop import TrainingDiverged, Updater
 from ..runtime.precision import mixed_precision
+from .card import classifier_card
 from .engine import classification_loss, evaluate
 from .loss import DistillationLoss, base_criterion
 from .recipe import Recipe
@@ -95,8 +96,10 @@ class ClassificationTask:
         # Model (and EMA, teacher), loss, optimiser and schedule.
         model = timm.create_model(recipe.model, num_classes=self.num_classes, in_chans=self.in_chans,
                                   drop_path_rate=recipe.drop_path)
-        if recipe.initial_checkpoint and resume is None:
-            load_checkpoint(model, recipe.initial_checkpoint)  # a classifier of another class count stays fresh
+        if recipe.initial_checkpoint and resume is None:  # a classifier by label name, else fresh
+            loaded = load_weights(model, recipe.initial_checkpoint, label_names=self.card().label_names)
+            if ctx.is_primary:
+                print(loaded, flush=True)
         if hasattr(model, 'set_distilled_training'):
             model.set_distilled_training(True)  # both heads learn, as the release trains them (DistillationLoss)
         model = model.to(ctx.device)
@@ -156,10 +159,7 @@ class ClassificationTask:
 
     def card(self) -> ModelCard:
         """Labels in output order and the evaluation transform this run used."""
-        info = self.info
-        return ModelCard.for_classifier(
-            self.recipe.model, self.classes, self.img_size, self.in_chans, _per_channel(info['mean'], self.in_chans),
-            _per_channel(info['std'], self.in_chans), self.recipe.crop_pct, dataset=self.recipe.data)
+        return classifier_card(self.recipe, self.info, self.img_size, self.in_chans, self.classes)
 
     def write_files(self, run_dir: Path):
         save_class_map(self.classes, run_dir / CLASS_MAP_FILE)
@@ -183,12 +183,6 @@ class ClassificationTask:
         return build_transform(training, self.img_size, info['mean'], info['std'], recipe.scale, recipe.hflip,
                                None if recipe.aa in (None, 'none') else recipe.aa, recipe.color_jitter,
                                recipe.reprob, recipe.crop_pct)
-
-
-def _per_channel(values, in_chans: int):
-    """Mean or std with one value per input channel (a data set's single value serves every channel)."""
-    values = tuple(values)
-    return values * in_chans if len(values) == 1 and in_chans > 1 else values
 
 
 def _check_fits_data(recipe: Recipe, info: Dict[str, Any]):
