@@ -99,7 +99,7 @@ def test_grayscale_image_folders_train_and_validate_with_one_channel(tmp_path, c
     out = tmp_path / 'out'
     assert cli_main(['train', '--data', str(data), '--in-chans', '1', '-b', '2', '--output', str(out), '--json']
                     + QUICK) == 0
-    assert '1 channel(s)' in capsys.readouterr().out
+    assert '1 channel(s)' in capsys.readouterr().err  # the run's lines (stdout is the JSON)
     assert cli_main(['validate', '--checkpoint', str(out / 'best.safetensors'), '--data', str(data), '-j', '0',
                      '--json']) == 0
     assert '"count": 4' in capsys.readouterr().out
