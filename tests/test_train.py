@@ -84,11 +84,13 @@ def test_distillation_loss_is_deits_hard_distillation():
         loss_fn(images, head, targets)
 
 
-def test_short_run_learns_and_checkpoints_roundtrip(tmp_path):
+def test_short_run_learns_and_checkpoints_roundtrip(tmp_path, capsys):
     recipe = Recipe(**TINY)
     result = train(recipe, tmp_path / 'run', progress=False)
     records = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
     assert [r['epoch'] for r in records] == [1, 2, 3]  # one numbering: the bar's, the log's, the weights'
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith('epoch ')]
+    assert [line.split(':')[0] for line in lines] == ['epoch 1/3', 'epoch 2/3', 'epoch 3/3']
     assert records[-1]['train_loss'] < 0.5 * records[0]['train_loss']
     # 24 steps: BatchNorm's running statistics lag at first, so judge the last epoch.
     assert result.metrics['top1'] >= 75.0 and result.best_top1 == max(r['val_top1'] for r in records)
