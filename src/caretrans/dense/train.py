@@ -8,7 +8,7 @@ from timm.scheduler import create_scheduler_v2
 from torch.utils.data import DataLoader
 
 from ..data.loader import create_train_loader
-from ..models.checkpoint import CheckpointError, read_checkpoint, save_weights
+from ..models.checkpoint import save_weights
 from ..runtime.distributed import DistributedContext, cleanup_distributed, distribute, setup_distributed, sync_buffers
 from ..runtime.loop import (LoopState, run_epoch, Updater, restore_training_state,
                             save_training_state)
@@ -19,7 +19,7 @@ from ..runtime.state import already_finished, read_resume_state, seed_everything
 from .recipe import DenseRecipe
 from .tasks import make_task
 
-__all__ = ['train', 'DenseTrainResult', 'evaluate_checkpoint']
+__all__ = ['train', 'DenseTrainResult']
 
 STATE_FILE, WEIGHTS_FILE = 'last.pth', 'model.safetensors'
 
@@ -61,6 +61,7 @@ def _train(recipe: DenseRecipe, run_dir: Path, resume: Optional[str], ctx: Distr
                                        pin_memory=ctx.device.type == 'cuda')
     steps_per_epoch = train_loader.sampler.steps
     model = task.build_model().to(ctx.device)
+    card = task.card(model)
     optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=recipe.sched, num_epochs=recipe.epochs, decay_milestones=list(recipe.decay_milestones),
@@ -85,7 +86,8 @@ def _train(recipe: DenseRecipe, run_dir: Path, resume: Optional[str], ctx: Distr
 
     def checkpoint():
         if ctx.is_primary:
-            save_training_state(run_dir / STATE_FILE, loop, model, updater, recipe, metrics=_plain_metrics(metrics))
+            save_training_state(run_dir / STATE_FILE, loop, model, updater, recipe, metrics=_plain_metrics(metrics),
+                                card=card.to_dict())
 
     with GracefulStop() as stop:
         while loop.epoch < recipe.epochs:
@@ -105,7 +107,8 @@ def _train(recipe: DenseRecipe, run_dir: Path, resume: Optional[str], ctx: Distr
             if ctx.is_primary:
                 logger.plot()
     if ctx.is_primary:
-        save_weights(model, run_dir / WEIGHTS_FILE, model_name=recipe.model, task=recipe.task, epoch=loop.epoch)
+        save_weights(model, run_dir / WEIGHTS_FILE, card=card, model_name=recipe.model, task=recipe.task,
+                     epoch=loop.epoch)
     return DenseTrainResult('finished', loop.epoch, metrics, run_dir)
 
 
@@ -121,32 +124,3 @@ def _autocast(recipe: DenseRecipe, ctx: DistributedContext):
 
 def _plain_metrics(metrics: Dict[str, object]) -> Dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-
-
-def evaluate_checkpoint(checkpoint, recipe: Optional[DenseRecipe] = None, device: Optional[str] = None
-                        ) -> Dict[str, object]:
-    """Evaluate a run's last.pth (its recipe inside) or weights (the recipe.yaml beside them, or `recipe`)."""
-    ctx = setup_distributed(device)
-    try:
-        checkpoint = Path(checkpoint)
-        state = read_checkpoint(checkpoint)
-        if isinstance(state, dict) and 'recipe' in state and 'model' in state:
-            weights, saved = state['model'], DenseRecipe.from_dict(state['recipe'])
-        else:
-            weights, saved = state, None
-            if recipe is None and (checkpoint.parent / 'recipe.yaml').is_file():
-                from .recipe import load_recipe
-                saved = load_recipe(str(checkpoint.parent / 'recipe.yaml'))
-        recipe = recipe or saved
-        if recipe is None:
-            raise ValueError(f'{checkpoint}: no recipe inside and no recipe.yaml beside it; pass --recipe')
-        task = make_task(recipe)
-        model = task.build_model().to(ctx.device)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as e:
-            raise CheckpointError(f'{checkpoint} does not fit the {recipe.task} model of its recipe: '
-                                  f'{str(e).splitlines()[0]}') from e
-        return task.evaluate(model, _eval_loader(task, ctx, recipe), ctx, _autocast(recipe, ctx))
-    finally:
-        cleanup_distributed()
