@@ -290,3 +290,13 @@ def test_detection_labels_are_matched_to_the_data_by_name(runs, data):
     with pytest.raises(DataError, match=r"instances_validation\.json: category 'square' not among the model's "
                                         r"classes \(circle, triangle\)"):
         task.output_categories(('__background__', 'circle', 'triangle'))
+
+
+def test_segmentation_data_naming_other_classes_is_refused(runs, data, tmp_path, capsys):
+    other = tmp_path / 'renamed'
+    shutil.copytree(data, other)
+    info = other / 'objectInfo150.txt'
+    info.write_text(info.read_text().replace('circle', 'disc'))
+    assert cli_main(['seg', 'validate', '--checkpoint', str(runs[0] / 'seg'), '--data', str(other), '-j', '0']) == 2
+    assert (f'the classes of {other} (background, disc, square, triangle) are not the model\'s (background, circle, '
+            f'square, triangle)') in capsys.readouterr().err

@@ -62,7 +62,9 @@ def draw_detections(image: Image.Image, detections: Dict[str, torch.Tensor], lab
     canvas = pil_to_tensor(image.convert('RGB'))
     colours = [colour(int(k)) for k in detections['labels']]
     if len(colours):
-        canvas = draw_segmentation_masks(canvas, detections['masks'], alpha=OVERLAY_ALPHA, colors=colours)
+        # One mask at a time, the best last (on top): torchvision blacks out where masks drawn together overlap.
+        for mask, rgb in reversed(list(zip(detections['masks'], colours))):
+            canvas = draw_segmentation_masks(canvas, mask, alpha=OVERLAY_ALPHA, colors=rgb)
         names = [f'{labels[int(k)]} {float(s):.2f}' for k, s in zip(detections['labels'], detections['scores'])]
         canvas = draw_bounding_boxes(canvas, detections['boxes'], labels=names, colors=colours, width=2)
     return to_pil_image(canvas)

@@ -146,12 +146,11 @@ class SegmentationTask:
         """mIoU, pixel accuracy and IoU per class (percent) of `model`, whose classes are `labels` (default: this
         task's): images at the evaluation scale, logits resized to the full-size label maps."""
         model.eval()
-        labels = tuple(labels or self.label_names())
-        named = self.label_names()
-        if labels != named and not all(n == f'class_{i}' for i, n in enumerate(named)):
-            raise D.DataError(f'the classes of {self.recipe.data} ({", ".join(named)}) are not the model\'s '
-                              f'({", ".join(labels)}); label maps are matched by class index')
-        meter = SegmentationMeter(self.num_classes, class_names=labels)
+        names, in_data = tuple(labels or self.label_names()), self.label_names()
+        if names != in_data and not all(n == f'class_{i}' for i, n in enumerate(in_data)):
+            raise D.DataError(f'the classes of {self.recipe.data} ({", ".join(in_data)}) are not the model\'s '
+                              f'({", ".join(names)}); label maps are matched by class index')
+        meter = SegmentationMeter(self.num_classes, class_names=names)
         for images, labels in loader:  # batch size 1: sizes differ
             with autocast():
                 logits = model(images.to(ctx.device))
