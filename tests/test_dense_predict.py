@@ -253,7 +253,7 @@ def test_a_checkpoint_of_another_kind_is_refused_naming_what_it_is(runs, tmp_pat
     for run, what in (('carded', 'care_s0, 3 classes'), ('old', 'care_s0')):
         weights = tmp_path / run / 'best.safetensors'
         for command, verb in ((['det', 'validate', '--checkpoint', str(weights)], 'validate'),
-                              (['seg', 'predict', '--checkpoint', str(weights), str(tmp_path)], 'predict')):
+                              (['seg', 'predict', '--checkpoint', str(weights.parent), str(tmp_path)], 'predict')):
             assert cli_main(command) == 2
             err = capsys.readouterr().err
             assert f'{weights} is a classification model ({what}), not a {"detection" if command[0] == "det" else "segmentation"} ' \

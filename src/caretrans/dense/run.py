@@ -22,7 +22,8 @@ from .tasks import create_dense_model, make_task
 
 __all__ = ['DenseRun', 'load_dense_run', 'weights_file', 'recipe_from_card', 'input_transform', 'evaluate_checkpoint']
 
-WEIGHTS_FILES = ('model.safetensors', 'last.pth')  # a run folder's weights, in order of preference
+# A run folder's weights, in order of preference (best.safetensors: a classification run's, read to say so).
+WEIGHTS_FILES = ('model.safetensors', 'last.pth', 'best.safetensors')
 RECIPE_FILE = 'recipe.yaml'
 _TASK_WORDS = {'det': 'detection', 'seg': 'segmentation', 'classification': 'classification'}
 _HEADS = {'det': 'Mask R-CNN', 'seg': 'Semantic FPN'}
@@ -45,7 +46,7 @@ def weights_file(path) -> Path:
         for name in WEIGHTS_FILES:
             if (path / name).is_file():
                 return path / name
-        raise FileNotFoundError(f'{path} holds no {" or ".join(WEIGHTS_FILES)}: not a run folder')
+        raise FileNotFoundError(f'{path} holds no {", ".join(WEIGHTS_FILES)}: not a run folder')
     if not path.exists():
         raise FileNotFoundError(f'checkpoint {path} does not exist (give a run folder or its weights)')
     return path
@@ -62,11 +63,12 @@ def recipe_from_card(card: ModelCard, **fields: Any) -> DenseRecipe:
 def input_transform(card: ModelCard) -> Callable[[Any], torch.Tensor]:
     """PIL image -> model input, as the model was evaluated: Mask R-CNN takes [0, 1] images and resizes and
     normalises them itself; Semantic FPN takes the evaluation transform's resized, normalised image."""
-    steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if card.task == 'seg':
-        min_size, max_size = card.model_args['min_size'], card.model_args['max_size']
-        steps = [v2.ToImage(), D.SegmentationEvalTransform(min_size, max_size, card.mean, card.std).to_input]
-    return v2.Compose(steps + [v2.ToPureTensor()])
+        recipe = recipe_from_card(card)
+        to_input = D.SegmentationEvalTransform(recipe.min_size, recipe.max_size, card.mean, card.std).to_input
+    else:
+        to_input = v2.ToDtype(torch.float32, scale=True)
+    return v2.Compose([v2.ToImage(), to_input, v2.ToPureTensor()])
 
 
 def load_dense_run(path, task: Optional[str] = None, device=None, action: str = 'predict') -> DenseRun:
