@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 
 from caretrans.cli import build_parser, main as cli_main
-from caretrans.cli.dense import _validation_recipe
 from caretrans.cli.recipe_flags import prepare_run
 from caretrans.dense.recipe import DenseRecipe, load_recipe as load_dense_recipe
 from caretrans.train.recipe import Recipe, load_recipe
@@ -158,21 +157,6 @@ def test_evaluation_verbs_agree_with_validate(task):
         for name in ('checkpoint', 'data', 'device', 'json', 'batch_size', 'workers'):
             assert getattr(dense, name) == getattr(classification, name), name
         assert dense.split == _parse([task, verb, '--checkpoint', 'c', '--val-split', 's']).split == 's'
-
-
-def test_dense_validation_overrides_apply_to_the_runs_recipe(tmp_path, capsys):
-    run = _run_folder(tmp_path / 'run', DenseRecipe(task='seg', data='shapes', val_split='validation'))
-    checkpoint = str(run / 'model.safetensors')
-    assert _validation_recipe(_parse(['seg', 'validate', '--checkpoint', checkpoint])) is None  # the run's own
-    args = _parse(['seg', 'validate', '--checkpoint', checkpoint, '--data', 'other', '--split', 'val', '-b', '3'])
-    assert _validation_recipe(args) == DenseRecipe(task='seg', data='other', val_split='val', batch_size=3)
-    args = _parse(['seg', 'validate', '--checkpoint', checkpoint, '--recipe', 'shapes-seg', '-j', '1'])
-    assert _validation_recipe(args) == dataclasses.replace(load_dense_recipe('shapes-seg'), workers=1)
-    lone = tmp_path / 'weights.safetensors'
-    assert cli_main(['seg', 'validate', '--checkpoint', str(lone), '--data', 'other']) == 2
-    assert f'no recipe.yaml beside {lone}, give --recipe' in capsys.readouterr().err
-    assert cli_main(['seg', 'validate', '--checkpoint', checkpoint, '-b', '0']) == 2
-    assert '--batch-size 0: expected at least 1' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('command', ['bench', 'profile'])

@@ -156,18 +156,43 @@ def test_coco_metrics_against_hand_computed_cases(tmp_path):
     path.write_text(json.dumps(_coco_gt()))
     coco = load_coco(path)
     # A detection covering 50 of the 80 ground-truth pixels: IoU 0.625 matches at IoU 0.50, 0.55, 0.60
-    # of COCO's ten thresholds: AP 0.3, AP50 1, AP75 0 (boxes and masks alike).
+    # of COCO's ten thresholds: AP 30 %, AP50 100 %, AP75 0 (boxes and masks alike).
     partial = _output([[0, 0, 10, 5]], [0.8], [(0, 5, 0, 10)])
     results = detections_to_coco([partial], [7], category_ids=[5])
     assert results[0]['category_id'] == 5 and results[0]['bbox'] == [0, 0, 10, 5]
     m = coco_metrics(coco, results)
     for t in ('bbox', 'segm'):
-        assert m[f'{t}_AP'] == pytest.approx(0.3) and m[f'{t}_AP50'] == pytest.approx(1.0) and m[f'{t}_AP75'] == 0
-    # A better-scored false positive first: precision 1/2 at full recall, so AP50 = 0.5.
+        assert m[f'{t}_AP'] == pytest.approx(30) and m[f'{t}_AP50'] == pytest.approx(100) and m[f'{t}_AP75'] == 0
+        assert m[f'per_class_{t}_AP'] == {'thing': pytest.approx(30)}
+    # A better-scored false positive first: precision 1/2 at full recall, so AP50 = 50 %.
     fp_first = _output([[50, 50, 60, 60], [0, 0, 10, 8]], [0.9, 0.8], [(50, 60, 50, 60), (0, 8, 0, 10)])
     m = coco_metrics(coco, detections_to_coco([fp_first], [7], [5]))
-    assert m['bbox_AP50'] == pytest.approx(0.5) and m['segm_AP'] == pytest.approx(0.5)
-    assert coco_metrics(coco, []) == {f'{t}_{k}': 0.0 for t in ('bbox', 'segm') for k in ('AP', 'AP50', 'AP75')}
+    assert m['bbox_AP50'] == pytest.approx(50) and m['segm_AP'] == pytest.approx(50)
+    # The false positive is of a class the data does not have (None): left out, the match alone scores 100 %.
+    fp_first['labels'] = torch.tensor([2, 1])
+    m = coco_metrics(coco, detections_to_coco([fp_first], [7], [5, None]))
+    assert m['bbox_AP'] == pytest.approx(100) and m['per_class_segm_AP'] == {'thing': pytest.approx(100)}
+    assert coco_metrics(coco, []) == {**{f'{t}_{k}': 0.0 for t in ('bbox', 'segm') for k in ('AP', 'AP50', 'AP75')},
+                                      'per_class_bbox_AP': {'thing': 0.0}, 'per_class_segm_AP': {'thing': 0.0}}
+
+
+def test_per_class_ap_is_each_categorys_own(tmp_path):
+    data = _coco_gt()
+    data['categories'].append(dict(id=9, name='other thing'))
+    rect = np.zeros((100, 100), np.uint8)
+    rect[50:58, 50:60] = 1
+    rle = mask_utils.encode(np.asfortranarray(rect))
+    rle['counts'] = rle['counts'].decode()
+    data['annotations'].append(dict(id=2, image_id=7, category_id=9, bbox=[50, 50, 10, 8], area=80, iscrowd=0,
+                                    segmentation=rle))
+    path = tmp_path / 'gt.json'
+    path.write_text(json.dumps(data))
+    # 'thing' found exactly (100 %), 'other thing' at IoU 0.625 (30 %): the mean is COCO's AP.
+    found = _output([[0, 0, 10, 8], [50, 50, 60, 55]], [0.9, 0.8], [(0, 8, 0, 10), (50, 55, 50, 60)])
+    found['labels'] = torch.tensor([1, 2])
+    m = coco_metrics(load_coco(path), detections_to_coco([found], [7], [5, 9]))
+    assert m['per_class_bbox_AP'] == {'thing': pytest.approx(100), 'other thing': pytest.approx(30)}
+    assert m['bbox_AP'] == pytest.approx(65)
 
 
 def test_miou_against_hand_computed_case():
@@ -177,13 +202,20 @@ def test_miou_against_hand_computed_case():
     meter.update(pred, label)
     r = meter.compute()
     # class 0: TP 2, FP 1, FN 1 -> 1/2; class 1: TP 2, FP 1 -> 2/3; class 2: TP 1, FN 1 -> 1/2; class 3 absent.
-    assert r['per_class_iou'][:3] == pytest.approx([0.5, 2 / 3, 0.5]) and np.isnan(r['per_class_iou'][3])
-    assert r['mIoU'] == pytest.approx((0.5 + 2 / 3 + 0.5) / 3)
-    assert r['aAcc'] == pytest.approx(5 / 7)  # the ignored pixel does not count
+    # In percent, by name (class_N where none are given).
+    assert r['per_class_iou'] == {'class_0': pytest.approx(50), 'class_1': pytest.approx(200 / 3),
+                                  'class_2': pytest.approx(50), 'class_3': None}
+    assert r['mIoU'] == pytest.approx(100 * (0.5 + 2 / 3 + 0.5) / 3)
+    assert r['aAcc'] == pytest.approx(500 / 7)  # the ignored pixel does not count
     meter.update(pred, label)
     assert meter.compute()['mIoU'] == pytest.approx(r['mIoU'])
     with pytest.raises(ValueError, match='differ in shape'):
         meter.update(pred[:1], label)
+    named = SegmentationMeter(num_classes=4, class_names=('sky', 'road', 'car', 'tree'))
+    named.update(pred, label)
+    assert list(named.compute()['per_class_iou']) == ['sky', 'road', 'car', 'tree']
+    with pytest.raises(ValueError, match='3 class names for 4 classes'):
+        SegmentationMeter(num_classes=4, class_names=('a', 'b', 'c'))
 
 
 # ---------------------------------------------------------------- data errors
@@ -376,7 +408,38 @@ def test_yaml_recipes_say_their_task_or_take_the_commands(tmp_path, capsys):
     assert "is a 'seg' recipe, not a 'det' one" in capsys.readouterr().err
     (tmp_path / 'no_task.yaml').write_text(yaml.safe_dump({k: v for k, v in seg.to_dict().items() if k != 'task'}))
     assert load_recipe(str(tmp_path / 'no_task.yaml'), 'seg') == seg
-    assert load_recipe(str(tmp_path / 'no_task.yaml'), 'det').task == 'det'
+    (tmp_path / 'shared.yaml').write_text(yaml.safe_dump(dict(epochs=3, lr=0.01)))
+    assert load_recipe(str(tmp_path / 'shared.yaml'), 'det') == DenseRecipe(task='det', epochs=3, lr=0.01)
+    # Settings of the other task are refused, not ignored: a detector has no crop size or class count to set.
+    with pytest.raises(ValueError, match=r"no_task\.yaml: recipe field head_channels: 64 is not valid in a 'det' recipe "
+                                         r"\(a 'seg' setting; leave it out\)"):
+        load_recipe(str(tmp_path / 'no_task.yaml'), 'det')
+
+
+def test_a_recipe_yaml_holds_the_fields_of_its_task_and_reads_back(tmp_path):
+    from caretrans.dense.recipe import field_names
+    for preset, absent in (('shapes-det', ('num_classes', 'crop_size', 'head_channels', 'reduce_zero_label')),
+                           ('shapes-seg', ('box_head_dim', 'anchor_sizes', 'proposals'))):
+        recipe = load_recipe(preset)
+        saved = yaml.safe_load(recipe.save(tmp_path / 'recipe.yaml').read_text())
+        assert not set(absent) & set(saved) and set(saved) == set(field_names(recipe.task))
+        assert load_recipe(str(tmp_path / 'recipe.yaml')) == recipe
+    # A recipe.yaml of earlier versions, every field written, still reads (the unused ones at their defaults).
+    (tmp_path / 'old.yaml').write_text(yaml.safe_dump(DenseRecipe(**PRESETS['shapes-det']).to_dict()))
+    assert load_recipe(str(tmp_path / 'old.yaml')) == load_recipe('shapes-det')
+
+
+@pytest.mark.parametrize('task, other', [('det', 'seg'), ('seg', 'det')])
+def test_train_help_lists_only_the_tasks_own_recipe_fields(capsys, task, other):
+    from caretrans.cli import build_parser
+    from caretrans.dense.recipe import field_names
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([task, 'train', '--help'])
+    text = capsys.readouterr().out
+    own = set(field_names(task)) - {'task'}
+    assert all(f'--{name.replace("_", "-")}' in text for name in own)
+    foreign = set(field_names(other)) - set(field_names(task))
+    assert foreign and not any(f'--{name.replace("_", "-")} ' in text for name in foreign), foreign
 
 
 @pytest.mark.parametrize('flags,message', [

@@ -1,9 +1,8 @@
-"""The `caretrans det` and `caretrans seg` commands: train, validate and synth, sharing one parser."""
+"""The `caretrans det` and `caretrans seg` commands: train, validate, predict and synth, sharing one parser."""
 import contextlib
-import dataclasses
 import json
-import os
 import sys
+from pathlib import Path
 
 __all__ = ['add_task_parser']
 
@@ -12,14 +11,15 @@ _SHAPES_PRESET = {'det': 'shapes-det', 'seg': 'shapes-seg'}
 
 
 def _print_metrics(metrics, as_json: bool):
+    """AP, IoU and accuracy figures, all in percent; per-class ones by class name (n/a: a class absent)."""
     if as_json:
         print(json.dumps(metrics, indent=2))
         return
     for k, v in metrics.items():
         if isinstance(v, float):
-            print(f'{k:>12}: {v:.4f}')
-        elif isinstance(v, list):
-            print(f'{k:>12}: ' + ' '.join('nan' if x != x else f'{x:.3f}' for x in v))
+            print(f'{k:>17}: {v:6.2f} %')
+        elif isinstance(v, dict):
+            print(f'{k:>17}: ' + ', '.join(f'{name} ' + ('n/a' if x is None else f'{x:.1f} %') for name, x in v.items()))
 
 
 def _run_train(args):
@@ -53,32 +53,98 @@ def _run_train(args):
     return 0
 
 
-def _validation_recipe(args):
-    """--recipe with the --data, --split, --batch-size, --workers given applied; without --recipe, those
-    apply to the run's recipe.yaml beside the checkpoint. None: the checkpoint's own recipe, as it is."""
-    from ..dense.recipe import load_recipe
-
-    overrides = {field: value for field, value in (('data', args.data), ('val_split', args.split),
-                                                   ('batch_size', args.batch_size), ('workers', args.workers))
-                 if value is not None}
-    if not args.recipe and not overrides:
-        return None
-    source = args.recipe or os.path.join(os.path.dirname(args.checkpoint), 'recipe.yaml')
-    if not os.path.isfile(source) and not args.recipe:
-        raise ValueError(f'--data, --split, --batch-size and --workers change a recipe: no recipe.yaml beside '
-                         f'{args.checkpoint}, give --recipe')
-    return dataclasses.replace(load_recipe(source, args.task), **overrides)
+def _validation_overrides(args):
+    """The recipe fields --data, --split, --batch-size and --workers set, where given."""
+    return {field: value for field, value in (('data', args.data), ('val_split', args.split),
+                                              ('batch_size', args.batch_size), ('workers', args.workers))
+            if value is not None}
 
 
 def _run_validate(args):
-    from ..dense.train import evaluate_checkpoint
+    from ..dense.recipe import load_recipe
+    from ..dense.run import evaluate_checkpoint
     from ..runtime.distributed import is_primary_process
     from .common import check_at_least
 
     check_at_least(args, batch_size=1, workers=0)
-    metrics = evaluate_checkpoint(args.checkpoint, _validation_recipe(args), device=args.device)
+    recipe = load_recipe(args.recipe, args.task) if args.recipe else None  # None: the run's own
+    metrics = evaluate_checkpoint(args.checkpoint, recipe, device=args.device, task=args.task,
+                                  overrides=_validation_overrides(args))
     if is_primary_process():
         _print_metrics(metrics, args.json)
+    return 0
+
+
+def _detection_record(run, image, path: Path, picture: Path, score_threshold: float):
+    from ..dense import predict as P
+
+    found = P.detect(run, image, score_threshold)
+    P.draw_detections(image, found, run.labels).save(picture)
+    detections = [dict(label=run.labels[int(k)], score=round(float(s), 4), box=[round(float(v), 1) for v in box])
+                  for k, s, box in zip(found['labels'], found['scores'], found['boxes'])]
+    return dict(image=str(path), width=image.width, height=image.height, picture=str(picture), detections=detections)
+
+
+def _segmentation_record(run, image, path: Path, picture: Path, class_file: Path):
+    from ..dense import predict as P
+
+    class_map = P.segment(run, image)
+    P.draw_class_map(image, class_map).save(picture)
+    P.class_map_image(class_map, len(run.labels)).save(class_file)
+    return dict(image=str(path), width=image.width, height=image.height, picture=str(picture),
+                class_map=str(class_file), classes=P.class_shares(class_map, run.labels))
+
+
+def _print_record(record):
+    if 'detections' in record:
+        print(f"{record['image']}: {len(record['detections'])} detection(s) -> {record['picture']}")
+        for d in record['detections']:
+            print(f"  {d['label']:<16} {d['score']:.3f}  [{', '.join(f'{v:.1f}' for v in d['box'])}]")
+    else:
+        shares = ', '.join(f'{name} {share:.1f} %' for name, share in record['classes'].items())
+        print(f"{record['image']}: {shares} -> {record['picture']}, {record['class_map']}")
+
+
+def _run_predict(args):
+    import torch
+
+    from ..data.images import UnreadableImageError, read_image
+    from ..dense.predict import image_files, output_paths
+    from ..dense.run import load_dense_run
+
+    if args.task == 'det' and not 0 <= args.score_threshold <= 1:
+        raise ValueError(f'--score-threshold {args.score_threshold}: expected a score in [0, 1]')
+    output = Path(args.output)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f'--output {output}: cannot create the folder: {e.strerror or e}') from None
+    run = load_dense_run(args.checkpoint, task=args.task,
+                         device=torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu')))
+    files, problems = image_files(args.images)
+    suffixes = ('.boxes.png',) if args.task == 'det' else ('.seg.png', '.classes.png')
+    records = []
+    for (path, _), outputs in zip(files, output_paths([rel for _, rel in files], output, suffixes)):
+        try:
+            image = read_image(path)
+        except UnreadableImageError as e:
+            problems.append(str(e))
+            continue
+        try:
+            outputs[0].parent.mkdir(parents=True, exist_ok=True)
+            record = (_detection_record(run, image, path, *outputs, args.score_threshold) if args.task == 'det'
+                      else _segmentation_record(run, image, path, *outputs))
+        except OSError as e:
+            raise ValueError(f'cannot write {outputs[0]}: {e.strerror or e}') from None
+        records.append(record)
+        if not args.json:
+            _print_record(record)
+    for problem in problems:
+        print(f'caretrans {args.task} predict: skipped: {problem}', file=sys.stderr)
+    if args.json:
+        print(json.dumps(records, indent=2))
+    if not records:
+        raise ValueError(f'no image to predict on in {" ".join(args.images)}')
     return 0
 
 
@@ -93,8 +159,8 @@ def _run_synth(args):
 
 
 def add_task_parser(subparsers, task: str, help_text: str):
-    """Register `caretrans <task>` with its train, validate and synth actions."""
-    from ..dense.recipe import PRESETS, load_recipe
+    """Register `caretrans <task>` with its train, validate, predict and synth actions."""
+    from ..dense.recipe import PRESETS, field_names, load_recipe
     from .recipe_flags import add_training_flags
 
     parser = subparsers.add_parser(task, help=help_text)
@@ -103,13 +169,14 @@ def add_task_parser(subparsers, task: str, help_text: str):
     p = actions.add_parser('train', help='train (resumable; DDP with torchrun)',
                            description='Every recipe flag overrides the preset/YAML given with --recipe. Under '
                                        'torchrun each process takes --batch-size images.')
+    other_tasks_fields = tuple(sorted(set(field_names()) - set(field_names(task))))
     add_training_flags(p, PRESETS, load_recipe(_DEFAULT_PRESET[task]), _DEFAULT_PRESET[task],
-                       f'runs/{task}-MODEL-DATA', skip=('task',))
+                       f'runs/{task}-MODEL-DATA', skip=('task',) + other_tasks_fields)
     p.set_defaults(func=_run_train, task=task)
 
-    p = actions.add_parser('validate', aliases=['eval'], help='box/mask AP or mIoU of a checkpoint ("eval": the '
-                           'same, its former name)')
-    p.add_argument('--checkpoint', required=True, help="a run's last.pth, or model.safetensors beside recipe.yaml")
+    p = actions.add_parser('validate', aliases=['eval'], help='box/mask AP or mIoU of a checkpoint, in percent '
+                           '("eval": the same, its former name)')
+    p.add_argument('--checkpoint', required=True, help='a run folder, or its model.safetensors or last.pth')
     p.add_argument('--recipe', help="preset or YAML (default: the run's own)")
     p.add_argument('--data', help='another dataset folder (default: the recipe\'s)')
     p.add_argument('--split', '--val-split', help="the split evaluated (default: the recipe's val_split)")
@@ -118,6 +185,22 @@ def add_task_parser(subparsers, task: str, help_text: str):
     p.add_argument('--device', help='cpu, cuda or cuda:N (default: cuda if available, one GPU per local rank)')
     p.add_argument('--json', action='store_true', help='print the metrics as JSON')
     p.set_defaults(func=_run_validate, task=task)
+
+    what = 'detections (label, score, box) and a picture with their boxes and masks' if task == 'det' else \
+        'the class map (a palette PNG) and a picture with its colours'
+    p = actions.add_parser('predict', help=f'{what.split(" and ")[0]} of images, from a run folder alone',
+                           description=f'Per image: {what}, written under --output. Folders are searched '
+                                       'recursively; files that cannot be read are skipped, each named.')
+    p.add_argument('--checkpoint', required=True, help='a run folder, or its model.safetensors or last.pth')
+    p.add_argument('images', nargs='+', metavar='IMAGE_OR_FOLDER', help='images (any format PIL reads) or folders')
+    p.add_argument('--output', default='predictions', metavar='DIR', help='where the pictures go (default: '
+                   'predictions)')
+    if task == 'det':
+        p.add_argument('--score-threshold', type=float, default=0.5, metavar='T',
+                       help='detections scoring below T are left out (default: 0.5)')
+    p.add_argument('--device', help='cpu, cuda or cuda:N (default: cuda if available)')
+    p.add_argument('--json', action='store_true', help='print the predictions as JSON')
+    p.set_defaults(func=_run_predict, task=task)
 
     p = actions.add_parser('synth', help='write the synthetic shapes dataset (COCO and ADE20K formats)')
     p.add_argument('--output', required=True)

@@ -1,4 +1,4 @@
-"""`caretrans det train|validate|synth`: Mask R-CNN with a CARE backbone on COCO-format data."""
+"""`caretrans det train|validate|predict|synth`: Mask R-CNN with a CARE backbone on COCO-format data."""
 
 
 def add_parser(subparsers):

@@ -1,4 +1,4 @@
-"""`caretrans seg train|validate|synth`: Semantic FPN with a CARE backbone on ADE20K-format data."""
+"""`caretrans seg train|validate|predict|synth`: Semantic FPN with a CARE backbone on ADE20K-format data."""
 
 
 def add_parser(subparsers):

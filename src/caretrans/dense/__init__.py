@@ -6,6 +6,8 @@ from ..lazy import lazy_exports
 _EXPORTS = {
     'NORM_MODES': 'backbone', 'FeaturePyramidBackbone': 'backbone', 'create_backbone': 'backbone',
     'maskrcnn': 'detection', 'SemanticFPN': 'segmentation', 'semantic_fpn': 'segmentation',
+    'DenseRun': 'run', 'load_dense_run': 'run', 'evaluate_checkpoint': 'run',
+    'detect': 'predict', 'segment': 'predict', 'draw_detections': 'predict', 'draw_class_map': 'predict',
 }
 __all__ = list(_EXPORTS)
 

@@ -7,6 +7,7 @@ Layout under `root`:
     images/<split>/NNNNNN.png                 the images (shared by both formats)
     annotations/<split>/NNNNNN.png            ADE20K-format label maps: 0 unused, 1 background, 2.. shapes
     annotations/instances_<split>.json        COCO-format instances (RLE masks)
+    objectInfo150.txt                         the ADE20K-format class list: label value and name
 """
 import json
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
+
+from .labels import ADE_CLASS_FILE
 
 __all__ = ['SHAPES', 'SEMANTIC_CLASSES', 'make_shapes_dataset']
 
@@ -79,6 +82,8 @@ def make_shapes_dataset(root, num_train: int = 64, num_val: int = 16, image_size
     root = Path(root)
     categories = [dict(id=i + 1, name=name, supercategory='shape') for i, name in enumerate(SHAPES)]
     paths = {}
+    pixels = np.zeros(len(SEMANTIC_CLASSES) + 1, np.int64)  # per label value; value 0 is unused
+    images_with = np.zeros((2, len(SEMANTIC_CLASSES) + 1), np.int64)
     for split_index, (split, count) in enumerate((('training', num_train), ('validation', num_val))):
         image_dir, label_dir = root / 'images' / split, root / 'annotations' / split
         image_dir.mkdir(parents=True, exist_ok=True)
@@ -101,9 +106,24 @@ def make_shapes_dataset(root, num_train: int = 64, num_val: int = 16, image_size
                     segmentation=dict(size=list(rle['size']), counts=rle['counts'].decode('ascii')),
                 ))
             Image.fromarray(label).save(label_dir / name)
+            counts = np.bincount(label.ravel(), minlength=len(pixels))
+            pixels += counts
+            images_with[split_index] += counts > 0
             images.append(dict(id=i + 1, file_name=name, height=image_size, width=image_size))
         ann_file = root / 'annotations' / f'instances_{split}.json'
         ann_file.write_text(json.dumps(dict(images=images, annotations=annotations, categories=categories)))
         paths[f'{split}_images'] = image_dir
         paths[f'{split}_annotations'] = ann_file
+    paths['class_names'] = _write_class_list(root, pixels, images_with)
     return paths
+
+
+def _write_class_list(root: Path, pixels: np.ndarray, images_with: np.ndarray) -> Path:
+    """ADE20K's objectInfo150.txt layout (Idx, pixel Ratio, Train and Val image counts, Name) for our classes."""
+    lines = ['Idx\tRatio\tTrain\tVal\tName']
+    for value, name in enumerate(SEMANTIC_CLASSES, start=1):
+        lines.append(f'{value}\t{pixels[value] / max(pixels.sum(), 1):.4f}\t{images_with[0, value]}\t'
+                     f'{images_with[1, value]}\t{name}')
+    path = root / ADE_CLASS_FILE
+    path.write_text('\n'.join(lines) + '\n')
+    return path

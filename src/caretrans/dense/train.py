@@ -10,7 +10,6 @@ from torch.utils.data import DataLoader
 
 from ..data.loader import create_eval_loader, create_train_loader
 from ..models.card import ModelCard
-from ..models.checkpoint import CheckpointError, read_checkpoint
 from ..runtime.distributed import DistributedContext, cleanup_distributed, setup_distributed
 from ..runtime.fit import Parts, fit
 from ..runtime.loop import Updater, evaluation_progress
@@ -18,7 +17,7 @@ from ..runtime.precision import autocast_factory
 from .recipe import DenseRecipe
 from .tasks import make_task
 
-__all__ = ['train', 'DenseTrainResult', 'evaluate_checkpoint']
+__all__ = ['train', 'DenseTrainResult', 'DenseTask']
 
 WEIGHTS_FILE = 'model.safetensors'  # the weights of the last evaluation
 
@@ -62,7 +61,7 @@ class DenseTask:
                                            seed=recipe.seed, workers=recipe.workers, collate_fn=task.collate,
                                            pin_memory=ctx.device.type == 'cuda')
         steps_per_epoch = train_loader.sampler.steps
-        model = task.build_model().to(ctx.device)
+        self.model = model = task.build_model().to(ctx.device)
         optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay)
         scheduler, _ = create_scheduler_v2(
             optimizer, sched=recipe.sched, num_epochs=recipe.epochs, decay_milestones=list(recipe.decay_milestones),
@@ -95,8 +94,8 @@ class DenseTask:
     def weights_info(self, metrics) -> Dict[str, object]:
         return dict(task=self.recipe.task)
 
-    def card(self) -> Optional[ModelCard]:
-        return None
+    def card(self) -> ModelCard:
+        return self.task.card(self.model)
 
     def write_files(self, run_dir: Path):
         pass
@@ -121,32 +120,3 @@ def _eval_loader(task, ctx: DistributedContext, recipe: DenseRecipe) -> DataLoad
 
 def _autocast(recipe: DenseRecipe, ctx: DistributedContext):
     return autocast_factory(ctx.device, 'bfloat16' if recipe.amp else None)
-
-
-def evaluate_checkpoint(checkpoint, recipe: Optional[DenseRecipe] = None, device: Optional[str] = None
-                        ) -> Dict[str, object]:
-    """Evaluate a run's last.pth (its recipe inside) or weights (the recipe.yaml beside them, or `recipe`)."""
-    ctx = setup_distributed(device)
-    try:
-        checkpoint = Path(checkpoint)
-        state = read_checkpoint(checkpoint)
-        if isinstance(state, dict) and 'recipe' in state and 'model' in state:
-            weights, saved = state['model'], DenseRecipe.from_dict(state['recipe'])
-        else:
-            weights, saved = state, None
-            if recipe is None and (checkpoint.parent / 'recipe.yaml').is_file():
-                from .recipe import load_recipe
-                saved = load_recipe(str(checkpoint.parent / 'recipe.yaml'))
-        recipe = recipe or saved
-        if recipe is None:
-            raise ValueError(f'{checkpoint}: no recipe inside and no recipe.yaml beside it; pass --recipe')
-        task = make_task(recipe)
-        model = task.build_model().to(ctx.device)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as e:
-            raise CheckpointError(f'{checkpoint} does not fit the {recipe.task} model of its recipe: '
-                                  f'{str(e).splitlines()[0]}') from e
-        return task.evaluate(model, _eval_loader(task, ctx, recipe), ctx, _autocast(recipe, ctx))
-    finally:
-        cleanup_distributed()
