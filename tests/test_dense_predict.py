@@ -17,9 +17,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torchvision.transforms.v2 import functional as TF
 
+import caretrans
 from caretrans.cli import main as cli_main
+from caretrans.data import read_image
 from caretrans.dense.labels import colour
 from caretrans.dense.recipe import PRESETS, DenseRecipe
+from caretrans.dense.run import load_dense_run
 from caretrans.dense.synthetic import make_shapes_dataset
 from caretrans.dense.tasks import create_dense_model
 from caretrans.models import ModelCard, read_card
@@ -300,3 +303,19 @@ def test_segmentation_data_naming_other_classes_is_refused(runs, data, tmp_path,
     assert cli_main(['seg', 'validate', '--checkpoint', str(runs[0] / 'seg'), '--data', str(other), '-j', '0']) == 2
     assert (f'the classes of {other} (background, disc, square, triangle) are not the model\'s (background, circle, '
             f'square, triangle)') in capsys.readouterr().err
+
+
+def test_load_run_gives_a_dense_runs_model_transform_and_labels(runs, data):
+    folder, _ = runs
+    for task in ('det', 'seg'):
+        model, transform, labels = caretrans.load_run(folder / task)
+        run = load_dense_run(folder / task)
+        assert labels == list(run.labels) and not model.training
+        image = read_image(sorted((data / 'images' / 'validation').iterdir())[0])
+        x = transform(image)
+        with torch.no_grad():
+            if task == 'det':
+                ours, theirs = model([x])[0], run.model([run.transform(image)])[0]
+                assert torch.equal(ours['boxes'], theirs['boxes']) and labels[0] == '__background__'
+            else:
+                assert torch.equal(model(x[None]), run.model(run.transform(image)[None]))

@@ -93,7 +93,7 @@ ROOM_IMPORTS = {
     'runtime': {'models', 'data', 'lazy'},
     'train': {'runtime', 'data', 'models', 'limits'},
     'dense': {'runtime', 'data', 'models', 'limits', 'lazy'},
-    'inference': {'models', 'data', 'limits'},
+    'inference': {'models', 'data', 'limits', 'dense'},
 }
 
 

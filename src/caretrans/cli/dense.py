@@ -109,7 +109,8 @@ def _run_predict(args):
     import torch
 
     from ..data.images import UnreadableImageError, read_image
-    from ..dense.predict import image_files, output_paths
+    from ..data import find_images
+    from ..dense.predict import output_paths
     from ..dense.run import load_dense_run
 
     if args.task == 'det' and not 0 <= args.score_threshold <= 1:
@@ -121,7 +122,9 @@ def _run_predict(args):
         raise ValueError(f'--output {output}: cannot create the folder: {e.strerror or e}') from None
     run = load_dense_run(args.checkpoint, task=args.task,
                          device=torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu')))
-    files, problems = image_files(args.images)
+    files = find_images(args.images)
+    problems = [f'{path} does not exist' for path, _ in files if not path.exists()]
+    files = [(path, name) for path, name in files if path.exists()]
     suffixes = ('.boxes.png',) if args.task == 'det' else ('.seg.png', '.classes.png')
     records = []
     for (path, _), outputs in zip(files, output_paths([rel for _, rel in files], output, suffixes)):

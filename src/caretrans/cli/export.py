@@ -226,7 +226,7 @@ def _print(args, report):
 
 def run(args):
     from ..export.convert import check_export_request
-    from ..inference import run_weights
+    from ..models.checkpoint_info import run_weights
     from ..models import describe
     from .common import check_at_least, check_model_names
 

@@ -33,13 +33,18 @@ def _write_csv(predictions, top_k: int, path):
 def run(args):
     import torch
 
-    from ..inference import find_images, load_run, predict_images
+    from ..data import find_images
+    from ..inference import load_run, predict_images, run_task
+    from ..models.checkpoint_info import run_weights
     from .common import check_at_least
 
     check_at_least(args, top_k=1, batch_size=1)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    task = run_task(run_weights(args.checkpoint))
+    if task != 'classification':  # detections and class maps are written as pictures by their own command
+        raise ValueError(f'{args.checkpoint} is a {task} run: use `caretrans {task} predict`')
     model, transform, labels = load_run(args.checkpoint, device)
-    paths = find_images(args.images)
+    paths = [path for path, _ in find_images(args.images)]
     if not paths:
         raise ValueError(f'no image files in {", ".join(args.images)}')
     top_k = min(args.top_k, len(labels))

@@ -106,7 +106,7 @@ def run(args):
 
     from ..data import NAMED_DATASETS, create_dataset, dataset_info, read_class_map, recorded_classes
     from ..data.loader import build_transform, check_interpolation, create_eval_loader, default_img_size
-    from ..inference import run_weights
+    from ..models.checkpoint_info import run_weights
     from ..models import MIN_INPUT_SIZE, load_checkpoint
     from ..runtime.distributed import DistributedContext
     from ..runtime.loop import TrainingDiverged

@@ -4,7 +4,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -187,6 +187,19 @@ def image_files(class_dir: Path) -> List[str]:
         subfolders = sorted((entry for entry in entries if entry.is_dir()), key=lambda e: (e.is_symlink(), e.name))
         pending.extend(entry.path for entry in reversed(subfolders))
     return sorted(files, key=lambda path: os.path.split(path))  # torchvision's order: by folder, then name
+
+
+def find_images(paths: Iterable) -> List[Tuple[Path, Path]]:
+    """(file, its path relative to the folder named, or its name) for every file named and every image under
+    the folders named, walked as `image_files` walks a class folder. A path that does not exist is listed as
+    named, for the caller to report as unreadable."""
+    found = []
+    for given in map(Path, paths):
+        if given.is_dir():
+            found.extend((Path(f), Path(f).relative_to(given)) for f in image_files(given))
+        else:
+            found.append((given, Path(given.name)))
+    return found
 
 
 def _readable_files(files: List[Tuple[str, int]]) -> Tuple[List[Tuple[str, int]], List[str], List[ImageHeader]]:

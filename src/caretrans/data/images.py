@@ -159,3 +159,4 @@ def _to_uint8(pixels: np.ndarray, mode: str, source) -> np.ndarray:
         raise UnreadableImageError(f'{source} refused: its integer pixels range {low}..{high}, beyond the 16-bit '
                                    '0..65535 read as 0..255')
     return np.round(pixels.astype(np.float32) / 257).astype(np.uint8)  # 65535 / 255 = 257
+

@@ -282,15 +282,15 @@ class CocoInstances(Dataset):
 
 
 def compare_categories(train: CocoInstances, val: CocoInstances):
-    """Refuse train and val annotation files whose categories differ: labels are numbered by category id,
-    so a category in one list only would shift or overflow the other's labels."""
-    if train.categories == val.categories:
-        return
-    only_train = [f'{i} {name!r}' for i, name in train.categories if (i, name) not in val.categories]
-    only_val = [f'{i} {name!r}' for i, name in val.categories if (i, name) not in train.categories]
-    raise DataError(f'the categories of {train.annotation_file} and {val.annotation_file} differ (id name): '
-                    f'only in the first: {", ".join(only_train) or "none"}; only in the second: '
-                    f'{", ".join(only_val) or "none"}. Both splits need the same category list')
+    """Refuse validation categories the training split lacks. Labels are matched by category name (a
+    validation split may hold a subset of the classes, under other ids); a name the model never learnt
+    could not be scored."""
+    known = {name for _, name in train.categories}
+    unknown = [f'{i} {name!r}' for i, name in val.categories if name not in known]
+    if unknown:
+        raise DataError(f'{val.annotation_file} has categor{"ies" if len(unknown) > 1 else "y"} that '
+                        f'{train.annotation_file} lacks (id name): {", ".join(unknown)}. Categories are matched by '
+                        'name; the validation split may hold a subset of the training categories, not others')
 
 
 def detection_transform(train: bool) -> v2.Compose:

@@ -1,7 +1,6 @@
 """Predictions of a trained dense model on images: detections or class maps, and pictures of them."""
-import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -14,7 +13,7 @@ from .labels import colour
 from .run import DenseRun
 
 __all__ = ['detect', 'segment', 'draw_detections', 'draw_class_map', 'class_map_image', 'class_shares',
-           'image_files', 'output_paths', 'MASK_THRESHOLD', 'OVERLAY_ALPHA']
+           'output_paths', 'MASK_THRESHOLD', 'OVERLAY_ALPHA']
 
 MASK_THRESHOLD = 0.5  # Mask R-CNN's mask probabilities -> instance masks, as its COCO evaluation
 OVERLAY_ALPHA = 0.5   # the opacity of masks and class colours drawn over an image
@@ -94,27 +93,6 @@ def class_shares(class_map: torch.Tensor, labels) -> Dict[str, float]:
     counts = torch.bincount(class_map.flatten(), minlength=len(labels))
     order = torch.argsort(counts, descending=True, stable=True)
     return {labels[int(c)]: 100 * float(counts[c]) / class_map.numel() for c in order if counts[c] > 0}
-
-
-def image_files(paths: Iterable) -> Tuple[List[Tuple[Path, Path]], List[str]]:
-    """(image, its path relative to the folder given, or its name) for every file given and every file
-    with an image extension PIL knows under the folders given (recursively, links to folders not
-    followed, sorted); and one problem line per path that does not exist."""
-    Image.init()
-    suffixes = {s.lower() for s in Image.registered_extensions()}
-    found, problems = [], []
-    for given in map(Path, paths):
-        if given.is_dir():
-            for folder, subfolders, names in os.walk(given):
-                subfolders.sort()
-                for name in sorted(names):
-                    if Path(name).suffix.lower() in suffixes:
-                        found.append((Path(folder) / name, (Path(folder) / name).relative_to(given)))
-        elif given.exists():
-            found.append((given, Path(given.name)))
-        else:
-            problems.append(f'{given} does not exist')
-    return found, problems
 
 
 def output_paths(relative: List[Path], output: Path, suffixes: Tuple[str, ...]) -> List[Tuple[Path, ...]]:

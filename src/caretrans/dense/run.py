@@ -10,21 +10,18 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import yaml
 from torchvision.transforms import v2
 
 from ..models.card import ModelCard
 from ..models.checkpoint import CheckpointError, card_of, read_checkpoint, weights_info
+from ..models.checkpoint_info import RECIPE_FILE, recorded_recipe, run_weights
 from ..runtime.distributed import cleanup_distributed, setup_distributed
 from . import data as D
 from .recipe import DenseRecipe
 from .tasks import create_dense_model, make_task
 
-__all__ = ['DenseRun', 'load_dense_run', 'weights_file', 'recipe_from_card', 'input_transform', 'evaluate_checkpoint']
+__all__ = ['DenseRun', 'load_dense_run', 'recipe_from_card', 'input_transform', 'evaluate_checkpoint']
 
-# A run folder's weights, in order of preference (best.safetensors: a classification run's, read to say so).
-WEIGHTS_FILES = ('model.safetensors', 'last.pth', 'best.safetensors')
-RECIPE_FILE = 'recipe.yaml'
 _TASK_WORDS = {'det': 'detection', 'seg': 'segmentation', 'classification': 'classification'}
 _HEADS = {'det': 'Mask R-CNN', 'seg': 'Semantic FPN'}
 
@@ -37,19 +34,6 @@ class DenseRun(NamedTuple):
     card: ModelCard
     recipe: Optional[DenseRecipe]      # the training recipe, where the run records one (its data, splits)
     path: Path                         # the weights file read
-
-
-def weights_file(path) -> Path:
-    """The weights of a run folder (model.safetensors, else last.pth), or the file given."""
-    path = Path(path)
-    if path.is_dir():
-        for name in WEIGHTS_FILES:
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f'{path} holds no {", ".join(WEIGHTS_FILES)}: not a run folder')
-    if not path.exists():
-        raise FileNotFoundError(f'checkpoint {path} does not exist (give a run folder or its weights)')
-    return path
 
 
 def recipe_from_card(card: ModelCard, **fields: Any) -> DenseRecipe:
@@ -77,10 +61,10 @@ def load_dense_run(path, task: Optional[str] = None, device=None, action: str = 
     With `task` ('det' or 'seg'), a checkpoint of another task is refused, naming what it is; so is a
     classification model, for any `task` (`action` is the command the refusal suggests). Runs saved
     before model cards are rebuilt from their recipe and data."""
-    path = weights_file(path)
+    path = run_weights(path)
     state = read_checkpoint(path)
     card = card_of(state, path)
-    recipe_values, recipe_source = _recorded_recipe(state, path)
+    recipe_values, recipe_source = recorded_recipe(state, path)
     found = card.task if card is not None else _task_without_card(path, recipe_values)
     if found != task and (found not in ('det', 'seg') or task is not None):
         raise ValueError(_not_this_task(path, found, task, card, recipe_values, action))
@@ -104,23 +88,6 @@ def load_dense_run(path, task: Optional[str] = None, device=None, action: str = 
                               f'{str(e).splitlines()[0]}') from None
     model.eval().to(device or 'cpu')
     return DenseRun(model, input_transform(card), card.label_names, card, recipe, path)
-
-
-def _recorded_recipe(state: Any, path: Path) -> Tuple[Optional[Dict[str, Any]], Path]:
-    """The recipe inside a training state, else the run folder's recipe.yaml, as a plain dict (None if neither),
-    and where it was read."""
-    if isinstance(state, dict) and isinstance(state.get('recipe'), dict):
-        return state['recipe'], path
-    beside = path.parent / RECIPE_FILE
-    if not beside.is_file():
-        return None, beside
-    try:
-        values = yaml.safe_load(beside.read_text(encoding='utf-8'))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f'{beside} is not valid YAML: {e}') from None
-    if not isinstance(values, dict):
-        raise ValueError(f'{beside} does not hold a mapping of recipe fields')
-    return values, beside
 
 
 def _task_without_card(path: Path, recipe_values: Optional[Dict[str, Any]]) -> Optional[str]:

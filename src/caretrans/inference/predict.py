@@ -1,23 +1,18 @@
 """A classification run's model, transform and labels from its folder alone, and batched top-k predictions."""
 import dataclasses
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from ..data.images import UnreadableImageError, read_image
 from ..models.checkpoint import CheckpointError, load_checkpoint, weights_info
-from ..models.checkpoint_info import HF_WEIGHTS, describe
+from ..models.checkpoint_info import describe, run_weights
 
-__all__ = ['Prediction', 'run_weights', 'load_run', 'find_images', 'predict_images']
+__all__ = ['Prediction', 'load_run', 'run_task', 'predict_images']
 
 PathLike = Union[str, Path]
-# The weights a run folder offers, best first: a classification run's best weights, a dense run's or a
-# save_for_hf folder's weights, and the training state.
-RUN_WEIGHTS = ('best.safetensors', HF_WEIGHTS, 'last.pth')
-
-
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     """The top-k (label, probability) of one image, best first; or, for an image that cannot be read, `error`."""
@@ -26,33 +21,25 @@ class Prediction:
     error: Optional[str] = None
 
 
-def run_weights(path: PathLike) -> Path:
-    """The weights of `path`: a run folder's (or a save_for_hf folder's) per RUN_WEIGHTS, or the file itself."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise FileNotFoundError(f'{path} does not exist: give a run folder or a weights file')
-    for name in RUN_WEIGHTS:
-        if (path / name).is_file():
-            return path / name
-    raise FileNotFoundError(f'{path} holds no weights (none of {", ".join(RUN_WEIGHTS)})')
-
-
 def load_run(path: PathLike, device: Union[str, torch.device] = 'cpu') -> Tuple[nn.Module, Callable, List[str]]:
-    """(model, transform, labels) of a classification run: `path` is its folder, one of its weight files, or
-    a save_for_hf folder. The model is built and loaded from the weights' model card, in eval mode on
-    `device`; `transform` is the trainer's evaluation transform (a PIL image to a tensor, timm's
-    create_transform of the card's data config); labels are the class names in output order."""
+    """(model, transform, labels) of a run: `path` is its folder, one of its weight files, or a save_for_hf
+    folder. The model is built and loaded from the weights' model card, in eval mode on `device`;
+    `transform` is the trainer's evaluation transform (a PIL image to a tensor, timm's create_transform of
+    the card's data config); labels are the class names in output order. A detection or segmentation run
+    gives its Mask R-CNN or Semantic FPN, and the transform that makes its input from a PIL image
+    (caretrans.dense.load_dense_run)."""
     import timm
     from timm.data import create_transform, resolve_data_config
 
     weights = run_weights(path)
     info = describe(weights)
     card = info.card
-    task = card.task if card is not None else weights_info(weights).get('task') or info.recipe.get('task')
-    if task in ('det', 'seg'):  # dense runs have their own loader and predictor
-        raise ValueError(f'{path} is a {task} run: use `caretrans {task} predict`')
+    task = run_task(weights, info)
+    if task in ('det', 'seg'):  # dense runs have their own loader (and `caretrans det/seg predict`)
+        from ..dense.run import load_dense_run
+
+        run = load_dense_run(weights, task=task, device=device)
+        return run.model, run.transform, list(run.labels)
     if card is None:
         raise CheckpointError(f'{weights} records no model card (labels and preprocessing): it was not written by '
                               'caretrans train, or by a version before cards were recorded')
@@ -63,21 +50,13 @@ def load_run(path: PathLike, device: Union[str, torch.device] = 'cpu') -> Tuple[
     return model, create_transform(**resolve_data_config(model=model)), list(card.label_names)
 
 
-def _readable_suffixes() -> frozenset:
-    from PIL import Image
-
-    return frozenset(Image.registered_extensions())
-
-
-def find_images(paths: Iterable[PathLike]) -> List[Path]:
-    """The files named, and the files of each folder named (recursively, sorted) whose suffix PIL reads."""
-    suffixes, found = _readable_suffixes(), []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in suffixes))
-        else:
-            found.append(path)  # a missing file is reported as unreadable by predict_images
-    return found
+def run_task(weights: PathLike, info=None) -> str:
+    """'classification', 'det' or 'seg': what the weights at `weights` are, by their model card, else the
+    task recorded with them or in their run's recipe (`info`: their `describe`, if already read)."""
+    info = info or describe(weights)
+    if info.card is not None:
+        return info.card.task
+    return weights_info(weights).get('task') or info.recipe.get('task') or 'classification'
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:

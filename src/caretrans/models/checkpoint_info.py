@@ -2,16 +2,19 @@
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from .care import rename_released
 from .card import HF_CONFIG, ModelCard
 from .checkpoint import CheckpointError, PathLike, card_of, read_checkpoint, unwrap_state_dict, weights_info
 
-__all__ = ['CheckpointInfo', 'describe']
+__all__ = ['CheckpointInfo', 'describe', 'recorded_recipe', 'run_weights', 'RUN_WEIGHTS']
 
 RECIPE_FILE = 'recipe.yaml'  # written beside a run's checkpoints
 HF_WEIGHTS = 'model.safetensors'  # beside config.json in timm's Hugging Face layout (save_for_hf)
+# The weights a run folder offers, best first: a classification run's best weights, a dense run's (or a
+# save_for_hf folder's) weights, and the training state.
+RUN_WEIGHTS = ('best.safetensors', HF_WEIGHTS, 'last.pth')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +45,7 @@ def describe(path: PathLike, model: Optional[str] = None) -> CheckpointInfo:
         path = path / HF_WEIGHTS
     checkpoint = read_checkpoint(path)
     card = card_of(checkpoint, path) or hf_card(path)
-    recipe = _recorded_recipe(checkpoint, path)
+    recipe = recorded_recipe(checkpoint, path)[0] or {}
     recorded = (checkpoint.get('model_name') if isinstance(checkpoint, dict) else None) or weights_info(path).get('model_name')
     model = (model or (card.architecture if card is not None else None)
              or (recorded if isinstance(recorded, str) else None) or _str_or_none(recipe.get('model')))
@@ -60,6 +63,19 @@ def describe(path: PathLike, model: Optional[str] = None) -> CheckpointInfo:
     )
 
 
+def run_weights(path: PathLike) -> Path:
+    """The weights of `path`: a run folder's (or a save_for_hf folder's) per RUN_WEIGHTS, or the file itself."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f'{path} does not exist: give a run folder or a weights file')
+    for name in RUN_WEIGHTS:
+        if (path / name).is_file():
+            return path / name
+    raise FileNotFoundError(f'{path} holds no weights (none of {", ".join(RUN_WEIGHTS)}): not a run folder')
+
+
 def hf_card(weights: Path) -> Optional[ModelCard]:
     """The card of weights in timm's Hugging Face layout, from the config.json beside them; None elsewhere."""
     config = weights.parent / HF_CONFIG
@@ -71,14 +87,16 @@ def hf_card(weights: Path) -> Optional[ModelCard]:
         raise CheckpointError(f'{config}: {e}') from None
 
 
-def _recorded_recipe(checkpoint: Any, path: Path) -> Dict[str, Any]:
-    """The recipe saved inside a training checkpoint, else the recipe.yaml of its run folder, else {}."""
+def recorded_recipe(checkpoint: Any, path: Path) -> Tuple[Optional[Dict[str, Any]], Path]:
+    """The recipe saved inside a training checkpoint read from `path`, else the recipe.yaml of its run folder,
+    as a plain dict (None if neither), and where it was read; an unreadable recipe.yaml is a CheckpointError
+    naming it."""
     inside = checkpoint.get('recipe') if isinstance(checkpoint, dict) else None
     if isinstance(inside, dict):
-        return inside
+        return inside, path
     beside = path.parent / RECIPE_FILE
     if not beside.is_file():
-        return {}
+        return None, beside
     import yaml
 
     try:
@@ -86,7 +104,9 @@ def _recorded_recipe(checkpoint: Any, path: Path) -> Dict[str, Any]:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise CheckpointError(f'{beside}, the recipe beside {path.name}, is not a readable YAML file: '
                               f'{str(e).splitlines()[0]}') from None
-    return recipe if isinstance(recipe, dict) else {}
+    if not isinstance(recipe, dict):
+        raise CheckpointError(f'{beside} does not hold a mapping of recipe fields')
+    return recipe, beside
 
 
 def _str_or_none(value: Any) -> Optional[str]:
