@@ -65,7 +65,7 @@ def _vjp(fn, grad: Tensor, inputs: List[Optional[Tensor]], *args) -> List[Tensor
 def linear_attention(qk: Tensor, v: Tensor, num_heads: int, elu: bool) -> Tensor:
     """Multi-head linear attention of v (B, C, H, W) with q, k = qk (B, 2C, H, W) split in two."""
     if not runs_kernels(v):
-        return _as(reference.linear_attention(qk, v, num_heads, elu), v)
+        return _as(reference.linear_attention_fp32(qk, v, num_heads, elu), v)
     from . import attention
     return attention.forward(qk, v, num_heads, elu, _empty(v))
 
@@ -79,7 +79,7 @@ def _(qk, v, num_heads, elu):
 def linear_attention_backward(grad: Tensor, qk: Tensor, v: Tensor, num_heads: int, elu: bool) -> List[Tensor]:
     """[d qk, d v] of linear_attention."""
     if not runs_kernels(v):
-        return _vjp(reference.linear_attention, grad, [qk, v], num_heads, elu)
+        return _vjp(reference.linear_attention_fp32, grad, [qk, v], num_heads, elu)
     from . import attention
     return list(attention.backward(grad, qk, v, num_heads, elu, _empty(qk), _empty(v)))
 

@@ -165,9 +165,16 @@ class LinearAttention(nn.Module):
         qk = self.qk(x)
         if path == Path.TRITON:
             return self._attention_op(qk, x)
-        out = _reference.linear_attention(qk, x, self.num_heads, self.kernel == 'elu')
+        if path == Path.EXPORT:  # the ops runtimes know; an exported graph runs in the precision it is given
+            return _reference.linear_attention(qk, x, self.num_heads, self.kernel == 'elu')
+        out = self._attention_fp32(qk, x)
         # Keep a channels-last input's layout, or every later layer of the stage falls back to NCHW.
         return out.contiguous(memory_format=torch.channels_last) if path == Path.CHANNELS_LAST else out
+
+    @torch.jit.unused
+    def _attention_fp32(self, qk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The attention with its sums over positions in fp32 under half precision and autocast."""
+        return _reference.linear_attention_fp32(qk, x, self.num_heads, self.kernel == 'elu')
 
     @torch.jit.unused
     def _attention_op(self, qk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
