@@ -29,7 +29,7 @@ from ..kernels import ops as _ops
 from ..kernels import reference as _reference
 from ..limits import MIN_INPUT_SIZE
 from .checkpoint import CheckpointError, loading_source, match_state_dict, unwrap_state_dict
-from .fusion import check_eval, conv_with_weights, fold_batchnorm
+from .fusion import conv_with_weights, fold_batchnorm
 
 __all__ = ['CareTransformer', 'checkpoint_filter_fn', 'MIN_INPUT_SIZE']
 
@@ -412,7 +412,8 @@ class CareBlock(nn.Module):
 
     def _check_trainable(self):
         if self.reparameterized and self.training:
-            raise RuntimeError('this block is re-parameterised for inference and cannot be trained')
+            raise RuntimeError('this block is re-parameterised for inference and cannot be trained: '
+                               'call model.eval() to run it')
 
     def reparameterize(self):
         """Fold the layer scale into inter2.fc2 (the interaction units fold their own BatchNorms).
@@ -422,7 +423,6 @@ class CareBlock(nn.Module):
         """
         if self.reparameterized:
             return
-        check_eval(self)
         if self.layer_scale is not None and self.inter2 is not None:
             scale = self.layer_scale.detach()
             fc2 = self.inter2.fc2
@@ -645,7 +645,6 @@ class CareTransformer(nn.Module):
 
     def reparameterize(self):
         """Merge the two heads into one (caretrans.reparameterize fuses the rest, module by module)."""
-        check_eval(self)
         if self.head_dist is not None and self.num_classes > 0:
             self.head = CareHead.merged(self.head, self.head_dist)
             self.head_dist = None
