@@ -15,7 +15,7 @@ import timm
 import torch
 
 import caretrans
-from caretrans.kernels import TRITON_INSTALLED, Path, dispatch, ops
+from caretrans.kernels import TRITON_INSTALLED, ForwardPath, dispatch, ops
 
 FUSED_OPS = {'linear_attention', 'token_mix', 'bias_gelu', 'residual'}
 
@@ -66,16 +66,17 @@ def test_auto_and_torch_run_pytorch_on_cpu_and_triton_runs_the_fused_ops(monkeyp
     assert _ops_called(monkeypatch, model, x, backward=True) == FUSED_OPS | {f'{n}_backward' for n in FUSED_OPS}
     model.set_kernels('torch')
     assert _ops_called(monkeypatch, model, x) == set()
-    assert dispatch('auto', x) == Path.TORCH and dispatch('triton', x) == Path.TRITON
+    assert dispatch('auto', x) == ForwardPath.TORCH and dispatch('triton', x) == ForwardPath.TRITON
 
 
 def test_auto_leaves_cuda_to_pytorch_under_deterministic_algorithms():
     """The kernels' channel gradients are summed with atomics, in an order that varies from run to run."""
     cuda_tensor = SimpleNamespace(is_cuda=True, stride=lambda dim: 7)  # an NCHW map on CUDA, to dispatch
-    assert (dispatch('auto', cuda_tensor) == Path.TRITON) is TRITON_INSTALLED
+    assert (dispatch('auto', cuda_tensor) == ForwardPath.TRITON) is TRITON_INSTALLED
     torch.use_deterministic_algorithms(True)
     try:
-        assert dispatch('auto', cuda_tensor) == Path.TORCH and dispatch('triton', cuda_tensor) == Path.TRITON
+        assert dispatch('auto', cuda_tensor) == ForwardPath.TORCH
+        assert dispatch('triton', cuda_tensor) == ForwardPath.TRITON
     finally:
         torch.use_deterministic_algorithms(False)
 
@@ -113,13 +114,13 @@ def test_dispatch_names_the_path_of_every_way_a_model_runs(mode):
         run(_Recorder(mode, paths[name]))
     torch._dynamo.reset()
     assert paths == {
-        'eager': {Path.TRITON if fused else Path.TORCH},
-        'eager channels-last': {Path.TRITON if fused else Path.CHANNELS_LAST},
-        'jit.trace': {Path.EXPORT}, 'fx': {Path.EXPORT}, 'export': {Path.EXPORT},
-        'compile': {Path.TRITON if fused else Path.COMPILE},
+        'eager': {ForwardPath.TRITON if fused else ForwardPath.TORCH},
+        'eager channels-last': {ForwardPath.TRITON if fused else ForwardPath.CHANNELS_LAST},
+        'jit.trace': {ForwardPath.EXPORT}, 'fx': {ForwardPath.EXPORT}, 'export': {ForwardPath.EXPORT},
+        'compile': {ForwardPath.TRITON if fused else ForwardPath.COMPILE},
     }
     scripted = torch.jit.script(caretrans.kernels.paths.dispatch)
-    assert scripted(mode, x_cl) == Path.EXPORT
+    assert scripted(mode, x_cl) == ForwardPath.EXPORT
 
 
 def _outputs_and_grads(model, x, run=None):

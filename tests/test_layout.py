@@ -87,7 +87,8 @@ def test_the_command_entry_point_imports_the_command_line_only():
     """caretrans_command runs before caretrans is imported (its --help loads no torch): it starts caretrans.cli,
     and nothing of the package depends on it."""
     graph = import_graph()
-    assert graph['caretrans_command'] == {'caretrans.cli'} and graph['caretrans_command.__main__'] == {'caretrans_command'}
+    assert graph['caretrans_command'] == {'caretrans.cli'}
+    assert graph['caretrans_command.__main__'] == {'caretrans_command'}
     assert _importers(graph, 'caretrans_command', outside='caretrans_command') == []
 
 

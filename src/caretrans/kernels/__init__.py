@@ -5,6 +5,7 @@ Triton kernels are `attention`, `depthwise` and `epilogue`, and whose CPU implem
 `reference`), the eager PyTorch paths, or plain ops for graph capture. The model option kernels=
 chooses 'auto' (the default: the ops on CUDA when Triton is installed), 'triton' or 'torch'.
 """
-from .paths import KERNEL_MODES, TRITON_INSTALLED, Path, captures_graph, check_mode, dispatch, runs_kernels
+from .paths import (KERNEL_MODES, TRITON_INSTALLED, ForwardPath, captures_graph, check_mode, dispatch,
+                    runs_kernels)
 
-__all__ = ['KERNEL_MODES', 'TRITON_INSTALLED', 'Path', 'captures_graph', 'check_mode', 'dispatch', 'runs_kernels']
+__all__ = ['KERNEL_MODES', 'TRITON_INSTALLED', 'ForwardPath', 'captures_graph', 'check_mode', 'dispatch', 'runs_kernels']

@@ -29,7 +29,8 @@ def token_mix(mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     glob, g = mixer.global_mixer, x.shape[1] // 3
     local = (mixer.local3.weight, mixer.local3.bias, mixer.local7.weight, mixer.local7.bias)
     if hasattr(glob, 'conv_v'):  # the long-range convs of stages 1-2 run inside the op
-        return ops.token_mix(x, None, *local, glob.conv_v.weight, glob.conv_v.bias, glob.conv_h.weight, glob.conv_h.bias)
+        long_range = (glob.conv_v.weight, glob.conv_v.bias, glob.conv_h.weight, glob.conv_h.bias)
+        return ops.token_mix(x, None, *local, *long_range)
     return ops.token_mix(x[:, g:], glob(x[:, :g]), *local, None, None, None, None)
 
 

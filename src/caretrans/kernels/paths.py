@@ -1,6 +1,6 @@
 """How a CARE module runs: every choice between the fused ops, the eager fast paths and plain ops is made here.
 
-`dispatch(kernels, x)` names the `Path` of one forward from the module's kernels= mode, the input
+`dispatch(kernels, x)` names the `ForwardPath` of one forward from the module's kernels= mode, the input
 and what is capturing the model:
 
     EXPORT         torch.jit.script / trace, torch.fx, torch.export (hence ONNX, Core ML, ExecuTorch):
@@ -13,7 +13,7 @@ and what is capturing the model:
     TORCH          eager PyTorch on any other layout: depthwise kernels cropped to small maps
 
 and `runs_kernels(t)` whether a fused op on `t` runs its Triton kernel or its PyTorch reference.
-`Path` is an Enum, which TorchScript, torch.fx and torch.compile take as constants.
+`ForwardPath` is an Enum, which TorchScript, torch.fx and torch.compile take as constants.
 """
 import enum
 import importlib.util
@@ -21,10 +21,11 @@ import os
 
 import torch
 
-__all__ = ['Path', 'KERNEL_MODES', 'TRITON_INSTALLED', 'captures_graph', 'check_mode', 'dispatch', 'runs_kernels']
+__all__ = ['ForwardPath', 'KERNEL_MODES', 'TRITON_INSTALLED', 'captures_graph', 'check_mode', 'dispatch',
+           'runs_kernels']
 
 
-class Path(enum.Enum):
+class ForwardPath(enum.Enum):
     """How a CARE module runs one forward (the module docstring)."""
     EXPORT = 'export'
     COMPILE = 'compile'
@@ -47,7 +48,7 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def dispatch(kernels: str, x: torch.Tensor) -> Path:
+def dispatch(kernels: str, x: torch.Tensor) -> ForwardPath:
     """The path (module docstring) of a forward on `x` by a module in kernels=`kernels` mode.
 
     kernels='auto' takes the fused ops on CUDA tensors when Triton is installed, unless deterministic
@@ -57,22 +58,22 @@ def dispatch(kernels: str, x: torch.Tensor) -> Path:
     # First, because TorchScript compiles nothing after it: strides, tracing state and the
     # fused ops are unknown to TorchScript.
     if torch.jit.is_scripting():
-        return Path.EXPORT
+        return ForwardPath.EXPORT
     # torch.fx's symbolic tracing passes Proxies, which hold no layout (a 20x cheaper test than
     # fx's is_fx_symbolic_tracing; its deprecated is_fx_tracing logged a warning on every call).
     if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_exporting():
-        return Path.EXPORT
+        return ForwardPath.EXPORT
     if kernels == 'triton' or (kernels == 'auto' and x.is_cuda and TRITON_INSTALLED
                                and not torch.are_deterministic_algorithms_enabled()):
-        return Path.TRITON
+        return ForwardPath.TRITON
     if torch.compiler.is_compiling():
-        return Path.COMPILE
-    return Path.CHANNELS_LAST if x.stride(1) == 1 else Path.TORCH
+        return ForwardPath.COMPILE
+    return ForwardPath.CHANNELS_LAST if x.stride(1) == 1 else ForwardPath.TORCH
 
 
-def captures_graph(path: Path) -> bool:
+def captures_graph(path: ForwardPath) -> bool:
     """Whether `path` captures a graph (EXPORT, COMPILE): plain PyTorch ops, no branch on the input's layout or size."""
-    return path == Path.EXPORT or path == Path.COMPILE
+    return path == ForwardPath.EXPORT or path == ForwardPath.COMPILE
 
 
 def runs_kernels(t: torch.Tensor) -> bool:

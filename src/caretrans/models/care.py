@@ -23,7 +23,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import adapt_input_conv, checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
-from ..kernels import Path, captures_graph, check_mode, dispatch
+from ..kernels import ForwardPath, captures_graph, check_mode, dispatch
 from ..kernels import fused as _fused
 from ..kernels import ops as _ops
 from ..kernels import reference as _reference
@@ -34,7 +34,7 @@ from .fusion import conv_with_weights, fold_batchnorm
 __all__ = ['CareTransformer', 'checkpoint_filter_fn', 'MIN_INPUT_SIZE']
 
 
-# How each module runs is one call: dispatch(kernels, x) (caretrans.kernels.paths) names the Path,
+# How each module runs is one call: dispatch(kernels, x) (caretrans.kernels.paths) names the ForwardPath,
 # the forward takes it. The fast paths branch on strides and map sizes, which graph capture must
 # not see (EXPORT, COMPILE: plain ops); modules without fused ops ask in kernels='torch' mode.
 
@@ -48,7 +48,7 @@ class PointwiseConv(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # On CPU the GEMM is 1.3-3x faster than oneDNN's 1x1 conv, forward and backward
         # (docs/training.md); traced graphs keep the Conv op that runtimes fuse.
-        if dispatch('torch', x) == Path.CHANNELS_LAST:
+        if dispatch('torch', x) == ForwardPath.CHANNELS_LAST:
             return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
         return self._conv_forward(x, self.weight, self.bias)
 
@@ -108,7 +108,8 @@ class Stem(nn.Module):
         self.norm = nn.BatchNorm2d(out_chans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not captures_graph(dispatch('torch', x)):  # the stem is the first module of the classifier and of features_only models
+        # The stem is the first module of the classifier and of features_only models.
+        if not captures_graph(dispatch('torch', x)):
             check_input(x, self.conv.in_channels, self.training)
         return self.norm(self.conv(x))
 
@@ -163,13 +164,13 @@ class LinearAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         path = dispatch(self.kernels, x)
         qk = self.qk(x)
-        if path == Path.TRITON:
+        if path == ForwardPath.TRITON:
             return self._attention_op(qk, x)
-        if path == Path.EXPORT:  # the ops runtimes know; an exported graph runs in the precision it is given
+        if path == ForwardPath.EXPORT:  # the ops runtimes know; an exported graph runs in the precision it is given
             return _reference.linear_attention(qk, x, self.num_heads, self.kernel == 'elu')
         out = self._attention_fp32(qk, x)
         # Keep a channels-last input's layout, or every later layer of the stage falls back to NCHW.
-        return out.contiguous(memory_format=torch.channels_last) if path == Path.CHANNELS_LAST else out
+        return out.contiguous(memory_format=torch.channels_last) if path == ForwardPath.CHANNELS_LAST else out
 
     @torch.jit.unused
     def _attention_fp32(self, qk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -199,7 +200,7 @@ class TokenMixer(nn.Module):
         self.kernels = 'auto' if self.fusable else 'torch'  # CareTransformer.set_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if dispatch(self.kernels, x) == Path.TRITON:
+        if dispatch(self.kernels, x) == ForwardPath.TRITON:
             return self._mix_op(x)
         parts = x.split(self.widths, dim=1)
         out: List[torch.Tensor] = []
@@ -251,10 +252,10 @@ class Interaction(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.hidden(x, dispatch(self.kernels, x)))
 
-    def hidden(self, x: torch.Tensor, path: Path) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor, path: ForwardPath) -> torch.Tensor:
         """The unit up to its projection on `path`: BN, 1x1 expansion, GELU, 3x3 depthwise, dropout."""
         h = self.norm(x)
-        h = self._expand_op(h) if path == Path.TRITON else self.act(self.fc1(h))
+        h = self._expand_op(h) if path == ForwardPath.TRITON else self.act(self.fc1(h))
         return self.drop(self.dwconv(h))
 
     @torch.jit.unused
@@ -384,7 +385,7 @@ class CareBlock(nn.Module):
         memory, features = x[:, :self.mem_dim], x[:, self.mem_dim:]
         features = self.token_mixer(features)
         if self.inter1 is not None:
-            features = self._inter1_op(features) if path == Path.TRITON else features + self.inter1(features)
+            features = self._inter1_op(features) if path == ForwardPath.TRITON else features + self.inter1(features)
         u = torch.cat([memory, features], dim=1) if self.mem_dim > 0 else features
         if self.inter2 is None:  # ablation: no Inter2 to fold the layer scale into
             self._check_trainable()
@@ -392,7 +393,7 @@ class CareBlock(nn.Module):
         if self.layer_scale is None:
             return self.inter2(u)
         self._check_trainable()
-        if path == Path.TRITON:
+        if path == ForwardPath.TRITON:
             return self._inter2_op(x, u)
         if self.reparameterized:  # inference: the layer scale is folded into inter2.fc2
             return x + u * self.layer_scale.view(1, -1, 1, 1) + self.inter2(u)
@@ -402,12 +403,12 @@ class CareBlock(nn.Module):
     @torch.jit.unused
     def _inter1_op(self, features: torch.Tensor) -> torch.Tensor:
         """features + inter1(features)."""
-        return _fused.project(self.inter1, self.inter1.hidden(features, Path.TRITON), features)
+        return _fused.project(self.inter1, self.inter1.hidden(features, ForwardPath.TRITON), features)
 
     @torch.jit.unused
     def _inter2_op(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """x + drop_path(layer_scale * (u + inter2(u))), or x + layer_scale * u + inter2(u) re-parameterised."""
-        return _fused.project(self.inter2, self.inter2.hidden(u, Path.TRITON), x, u, self.layer_scale,
+        return _fused.project(self.inter2, self.inter2.hidden(u, ForwardPath.TRITON), x, u, self.layer_scale,
                               _fused.drop_path_factors(self.drop_path, x), not self.reparameterized)
 
     def _check_trainable(self):
