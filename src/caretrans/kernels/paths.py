@@ -5,8 +5,8 @@ and what is capturing the model:
 
     EXPORT         torch.jit.script / trace, torch.fx, torch.export (hence ONNX, Core ML, ExecuTorch):
                    plain PyTorch ops, nothing that depends on the input's layout, size or autocast state
-    COMPILE        torch.compile with kernels off: plain PyTorch ops, as EXPORT, for one graph
-                   that no input's layout or size specialises
+    COMPILE        torch.compile with kernels off: plain PyTorch ops, for one graph that no input's
+                   layout or size specialises (the attention sums in fp32 under half precision, as eager)
     TRITON         the fused custom ops (caretrans.kernels.ops), eager or compiled
     CHANNELS_LAST  eager PyTorch on a channels-last map: 1x1 convs as GEMMs over the NHWC view,
                    depthwise kernels cropped to small maps, outputs kept channels-last
