@@ -1,6 +1,9 @@
 """Packaging: the core install (the models) works without the extras, and the command starts without torch."""
+import json
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -41,7 +44,7 @@ import runpy, sys
 for argv in (['--help'], ['train', '--help'], ['det', 'train', '--help'], ['bench', '--help'], ['export', '--help']):
     sys.argv = ['caretrans'] + argv
     try:
-        runpy.run_module('caretrans', run_name='__main__', alter_sys=True)
+        runpy.run_module('caretrans_command', run_name='__main__', alter_sys=True)
     except SystemExit as e:
         assert e.code == 0, argv
 print(sorted(m for m in ('torch', 'timm', 'torchvision', 'numpy') if m in sys.modules))
@@ -49,11 +52,23 @@ print(sorted(m for m in ('torch', 'timm', 'torchvision', 'numpy') if m in sys.mo
 
 
 def test_help_loads_no_torch():
-    # `python -m caretrans ... --help`, in a fresh interpreter: what it imported is what a user waits for.
+    # The `caretrans` command's --help, in a fresh interpreter: what it imported is what a user waits for.
+    scripts = tomllib.loads((Path(__file__).parents[1] / 'pyproject.toml').read_text())['project']['scripts']
+    assert scripts == {'caretrans': 'caretrans_command:main'}
     done = subprocess.run([sys.executable, '-c', _HELP_WITHOUT_TORCH], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert 'usage: caretrans det train' in done.stdout and '--initial-checkpoint' in done.stdout
     assert done.stdout.strip().splitlines()[-1] == '[]'
+
+
+def test_the_command_runs_and_python_m_caretrans_too():
+    """A sub-command of the command registers the models it deferred; `python -m caretrans` (torchrun's way) runs
+    the same command line."""
+    for module in ('caretrans_command', 'caretrans'):
+        done = subprocess.run([sys.executable, '-m', module, 'profile', '--models', 'care_s0', '--json'],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)[0]['model'] == 'care_s0', module
 
 
 @pytest.mark.parametrize('code', [
@@ -66,3 +81,12 @@ def test_import_caretrans_registers_the_models_with_timm_whenever_it_loads(code)
     done = subprocess.run([sys.executable, '-c', check], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['care_s0', 'care_s1', 'care_s2']"
+
+
+def test_import_caretrans_registers_at_once_without_an_import_hook():
+    check = ("import sys; finders = list(sys.meta_path); import caretrans; "
+             "print('timm' in sys.modules, [type(f).__module__ for f in sys.meta_path if f not in finders])")
+    done = subprocess.run([sys.executable, '-c', check], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == 'True []'
+

@@ -15,7 +15,7 @@ import timm
 import torch
 
 import caretrans
-from caretrans.kernels import TRITON_INSTALLED, ops, use_triton
+from caretrans.kernels import TRITON_INSTALLED, ForwardPath, dispatch, ops
 
 FUSED_OPS = {'linear_attention', 'token_mix', 'bias_gelu', 'residual'}
 
@@ -66,18 +66,61 @@ def test_auto_and_torch_run_pytorch_on_cpu_and_triton_runs_the_fused_ops(monkeyp
     assert _ops_called(monkeypatch, model, x, backward=True) == FUSED_OPS | {f'{n}_backward' for n in FUSED_OPS}
     model.set_kernels('torch')
     assert _ops_called(monkeypatch, model, x) == set()
-    assert use_triton('auto', x) is False and use_triton('triton', x) is True
+    assert dispatch('auto', x) == ForwardPath.TORCH and dispatch('triton', x) == ForwardPath.TRITON
 
 
 def test_auto_leaves_cuda_to_pytorch_under_deterministic_algorithms():
     """The kernels' channel gradients are summed with atomics, in an order that varies from run to run."""
-    cuda_tensor = SimpleNamespace(is_cuda=True)  # use_triton looks at the device only
-    assert use_triton('auto', cuda_tensor) is TRITON_INSTALLED
+    cuda_tensor = SimpleNamespace(is_cuda=True, stride=lambda dim: 7)  # an NCHW map on CUDA, to dispatch
+    assert (dispatch('auto', cuda_tensor) == ForwardPath.TRITON) is TRITON_INSTALLED
     torch.use_deterministic_algorithms(True)
     try:
-        assert use_triton('auto', cuda_tensor) is False and use_triton('triton', cuda_tensor) is True
+        assert dispatch('auto', cuda_tensor) == ForwardPath.TORCH
+        assert dispatch('triton', cuda_tensor) == ForwardPath.TRITON
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+class _Recorder(torch.nn.Module):
+    """Records in `paths` the path dispatch gives each forward (in kernels=`mode`)."""
+
+    def __init__(self, mode, paths):
+        super().__init__()
+        self.mode = mode
+        self.record = paths.add  # not a module attribute of its own: torch.export restores those
+
+    def forward(self, x):
+        self.record(dispatch(self.mode, x))
+        return x + 1
+
+
+@pytest.mark.parametrize('mode', ['auto', 'triton', 'torch'])
+def test_dispatch_names_the_path_of_every_way_a_model_runs(mode):
+    """One function decides: graph capture for export never sees the fused ops or the fast paths, torch.compile
+    keeps the fused ops only, eager PyTorch takes the channels-last fast path on channels-last maps."""
+    fused = mode == 'triton'  # on the CPU, 'auto' is PyTorch
+    x = torch.randn(2, 3, 8, 8)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    paths = {}
+    for name, run in (
+            ('eager', lambda m: m(x)),
+            ('eager channels-last', lambda m: m(x_cl)),
+            ('jit.trace', lambda m: torch.jit.trace(m, x, check_trace=False)),
+            ('fx', lambda m: torch.fx.symbolic_trace(m)),
+            ('export', lambda m: torch.export.export(m, (x,))),
+            ('compile', lambda m: torch.compile(m, backend='eager', fullgraph=True)(x_cl))):
+        torch._dynamo.reset()
+        paths[name] = set()
+        run(_Recorder(mode, paths[name]))
+    torch._dynamo.reset()
+    assert paths == {
+        'eager': {ForwardPath.TRITON if fused else ForwardPath.TORCH},
+        'eager channels-last': {ForwardPath.TRITON if fused else ForwardPath.CHANNELS_LAST},
+        'jit.trace': {ForwardPath.EXPORT}, 'fx': {ForwardPath.EXPORT}, 'export': {ForwardPath.EXPORT},
+        'compile': {ForwardPath.TRITON if fused else ForwardPath.COMPILE},
+    }
+    scripted = torch.jit.script(caretrans.kernels.paths.dispatch)
+    assert scripted(mode, x_cl) == ForwardPath.EXPORT
 
 
 def _outputs_and_grads(model, x, run=None):

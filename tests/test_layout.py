@@ -5,6 +5,8 @@ from typing import Dict, List, Set
 
 
 SRC = Path(__file__).resolve().parents[1] / 'src'
+# The package and the `caretrans` command's entry point (docs/architecture.md, "Package layout").
+PACKAGES = ('caretrans', 'caretrans_command')
 
 
 def _module_name(path: Path) -> str:
@@ -13,11 +15,12 @@ def _module_name(path: Path) -> str:
 
 
 def import_graph() -> Dict[str, Set[str]]:
-    """caretrans module -> the caretrans modules it imports, at the top or inside functions alike.
+    """caretrans (and caretrans_command) module -> the modules of ours it imports, at the top or inside functions
+    alike.
 
     `from package import name` points at the submodule when `name` is one, else at the package.
     """
-    paths = {_module_name(p): p for p in (SRC / 'caretrans').rglob('*.py')}
+    paths = {_module_name(p): p for package in PACKAGES for p in (SRC / package).rglob('*.py')}
     graph = {}
     for name, path in paths.items():
         package = name if path.name == '__init__.py' else name.rpartition('.')[0]
@@ -76,7 +79,17 @@ def test_no_import_cycles_between_caretrans_modules():
 
 
 def test_only_the_command_line_imports_cli():
-    assert _importers(import_graph(), 'caretrans.cli', outside='caretrans.cli') == ['caretrans.__main__']
+    assert _importers(import_graph(), 'caretrans.cli', outside='caretrans.cli') == [
+        'caretrans.__main__', 'caretrans_command']
+
+
+def test_the_command_entry_point_imports_the_command_line_only():
+    """caretrans_command runs before caretrans is imported (its --help loads no torch): it starts caretrans.cli,
+    and nothing of the package depends on it."""
+    graph = import_graph()
+    assert graph['caretrans_command'] == {'caretrans.cli'}
+    assert graph['caretrans_command.__main__'] == {'caretrans_command'}
+    assert _importers(graph, 'caretrans_command', outside='caretrans_command') == []
 
 
 def test_only_the_command_line_imports_the_benchmarks():

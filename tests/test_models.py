@@ -1,6 +1,8 @@
 """CARE models: construction options, Table 5 figures, released-checkpoint parity, errors."""
 import json
+import logging
 import pickle
+import warnings
 
 import pytest
 import timm
@@ -172,6 +174,19 @@ def test_batch_of_one_in_training():
         m(torch.randn(1, 3, 32, 40))
     out = m(torch.randn(1, 3, 64, 64))  # 2x2 at stride 32: BatchNorm has 4 values
     assert out.shape == (1, 1000)
+
+
+def test_forward_is_quiet(caplog):
+    """No warning and no log line from a forward (torch's deprecated is_fx_tracing logged one on every call)."""
+    model = timm.create_model('care_s0', num_classes=3)
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings(), caplog.at_level(logging.DEBUG):
+        warnings.simplefilter('error')
+        model.train()(x).sum().backward()
+        with torch.no_grad():
+            model.eval()(x.contiguous(memory_format=torch.channels_last))
+            caretrans.reparameterize(model)(x)
+    assert [r.getMessage() for r in caplog.records] == []
 
 
 @pytest.mark.parametrize('size', [(32, 32), (33, 47), (45, 77), (97, 65)])

@@ -75,11 +75,16 @@ def test_each_fusion_on_its_own():
         torch.testing.assert_close(CareHead.merged(model.head, model.head_dist)(feats), both, rtol=1e-5, atol=1e-5)
 
 
-def test_timm_reparameterize_model_works_on_care():
-    model = _randomised('care_s0')
+@pytest.mark.parametrize('mode', ['eval', 'train'])
+def test_timm_reparameterize_model_works_on_care(mode):
+    """As for FastViT and MobileOne, in either mode (timm.create_model returns a model in training mode): the
+    running statistics fold, the mode stays as it was, and in eval mode the copy computes what the model does."""
+    model = _randomised('care_s0').train(mode == 'train')
     fused = timm.utils.reparameterize_model(model)  # a fused copy; timm walks the children only
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert fused.training == model.training
+    model.eval(), fused.eval()
     x = torch.randn(1, 3, 64, 64)
     assert _max_diff(model, fused, x) < 1e-4
     again = caretrans.reparameterize(copy.deepcopy(fused))  # idempotent modules; the root merges the heads
@@ -106,13 +111,15 @@ def test_fused_features_only():
 
 def test_fused_model_is_for_inference_only():
     model = timm.create_model('care_s0').train()
-    with pytest.raises(RuntimeError, match='call model.eval'):
-        model.stages[0].blocks[0].reparameterize()
     fused = caretrans.reparameterize(model)
     assert not fused.training
     fused.train()
-    with pytest.raises(RuntimeError, match='cannot be trained'):
+    with pytest.raises(RuntimeError, match='cannot be trained: call model.eval'):
         fused(torch.randn(2, 3, 64, 64))
+    block = timm.create_model('care_s0').train().stages[0].blocks[0]
+    block.reparameterize()  # folds in training mode too (timm.utils.reparameterize_model), then refuses to run
+    with pytest.raises(RuntimeError, match='cannot be trained'):
+        block(torch.randn(2, 32, 16, 16))
 
 
 def test_reparameterize_visits_each_module_once(monkeypatch):

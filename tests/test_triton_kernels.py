@@ -107,6 +107,16 @@ def test_linear_attention_half(dtype):
     _check_op(ops.linear_attention, reference.linear_attention, [qk, v], (2, True), dtype)
 
 
+@pytest.mark.parametrize('dtype', HALF)
+def test_linear_attention_half_large_inputs(dtype):
+    """Inputs of magnitude 1e3: k^T v sums products of 1e6 over the positions, beyond fp16's 65504, while the
+    output (v's magnitude) fits; the kernels sum in fp32."""
+    qk = _map((2, 64, 5, 5), 'cl', dtype, seed=1, scale=1e3)
+    v = _map((2, 32, 5, 5), 'slice', dtype, seed=2, scale=1e3)
+    out = _check_op(ops.linear_attention, reference.linear_attention, [qk, v], (2, True), dtype)
+    assert out.isfinite().all()
+
+
 # ---------------------------------------------------------------------------------------- token mixer
 
 def _mixer_inputs(G, H, W, glob_mode, layout, dtype=torch.float32):

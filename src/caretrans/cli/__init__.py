@@ -2,7 +2,8 @@
 
 Every module of this package that defines `add_parser(subparsers)` is a sub-command: it
 registers its parser and sets `func`, the function that runs it. Modules import their
-heavy dependencies inside `func`, so that `caretrans --help` stays fast.
+heavy dependencies inside `func`, so that `caretrans --help` stays fast (the command's
+entry point, caretrans_command, imports the package without the models).
 """
 import argparse
 import importlib
@@ -35,6 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with signals_as_exceptions():
+            from .. import models  # noqa: F401  (registers the CARE models with timm, if the command deferred it)
             return args.func(args) or 0
     except KeyboardInterrupt:  # training commands stop gracefully inside; this is any other moment
         print(f'caretrans {args.command}: interrupted', file=sys.stderr)

@@ -1,8 +1,9 @@
-"""CARE modules' forwards on the fused ops: what caretrans.models.care dispatches to under kernels='auto'/'triton'.
+"""The steps of CARE's modules that the fused ops replace on the TRITON path (caretrans.kernels.paths).
 
-Each function takes the module and computes what the module's PyTorch forward computes, with
-the parts the compiler leaves apart done by one op each: the linear attention, the token mixer,
-and the epilogues of the interaction units' 1x1 convs (whose products stay cuBLAS GEMMs).
+The modules' forwards (caretrans.models.care) hold the dataflow, once; on the TRITON path they
+call these for the steps one op computes: the token mixer, the 1x1 expansion's bias + GELU,
+and a projection's bias, layer scale, drop path and residual add. The linear attention is
+`ops.linear_attention` itself. The 1x1 products stay GEMMs (cuBLAS on the GPU).
 """
 from typing import Optional
 
@@ -14,47 +15,34 @@ from . import ops
 
 
 def pointwise(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """A 1x1 conv without bias; on channels-last maps one matrix product over the NHWC view."""
+    """A 1x1 conv without bias; on channels-last maps one matrix product over the NHWC view.
+
+    The TRITON path is never captured for export, so the layout may choose here.
+    """
     if x.stride(1) == 1:
         return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1)).permute(0, 3, 1, 2)
     return F.conv2d(x, weight)
 
 
-def linear_attention(m, x: torch.Tensor) -> torch.Tensor:
-    """LinearAttention: the q/k 1x1 conv, then one op."""
-    return ops.linear_attention(m.qk(x), x, m.num_heads, m.kernel == 'elu')
-
-
-def token_mixer(m, x: torch.Tensor) -> torch.Tensor:
+def token_mix(mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """TokenMixer: one op for the split, the depthwise convs and the concatenation (after the attention, if any)."""
-    mixer, g = m.global_mixer, x.shape[1] // 3
-    local = (m.local3.weight, m.local3.bias, m.local7.weight, m.local7.bias)
-    if hasattr(mixer, 'conv_v'):  # the long-range convs of stages 1-2 run inside the op
-        return ops.token_mix(x, None, *local, mixer.conv_v.weight, mixer.conv_v.bias,
-                             mixer.conv_h.weight, mixer.conv_h.bias)
-    return ops.token_mix(x[:, g:], mixer(x[:, :g]), *local, None, None, None, None)
+    glob, g = mixer.global_mixer, x.shape[1] // 3
+    local = (mixer.local3.weight, mixer.local3.bias, mixer.local7.weight, mixer.local7.bias)
+    if hasattr(glob, 'conv_v'):  # the long-range convs of stages 1-2 run inside the op
+        long_range = (glob.conv_v.weight, glob.conv_v.bias, glob.conv_h.weight, glob.conv_h.bias)
+        return ops.token_mix(x, None, *local, *long_range)
+    return ops.token_mix(x[:, g:], glob(x[:, :g]), *local, None, None, None, None)
 
 
-def _exact_gelu(act: nn.Module) -> bool:
-    return isinstance(act, nn.GELU) and act.approximate == 'none'
+def expand(unit: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """act(fc1(h)) of an interaction unit: the 1x1 product, then bias + exact GELU in one op."""
+    act = unit.act
+    if not (isinstance(act, nn.GELU) and act.approximate == 'none'):
+        return act(unit.fc1(h))
+    return ops.bias_gelu(pointwise(h, unit.fc1.weight), unit.fc1.bias)
 
 
-def _hidden(m, x: torch.Tensor) -> torch.Tensor:
-    """Interaction up to its projection: norm, 1x1 expansion, bias + GELU in one op, 3x3 depthwise, dropout."""
-    h = m.norm(x)
-    if _exact_gelu(m.act):
-        h = ops.bias_gelu(pointwise(h, m.fc1.weight), m.fc1.bias)
-    else:
-        h = m.act(m.fc1(h))
-    return m.drop(m.dwconv(h))
-
-
-def interaction(m, x: torch.Tensor) -> torch.Tensor:
-    """Interaction (on its own it ends in the plain projection; CareBlock fuses its residuals)."""
-    return m.fc2(_hidden(m, x))
-
-
-def _drop_path_factors(drop_path: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
+def drop_path_factors(drop_path: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
     """Per-image factors of timm's DropPath in training (its draws), None where it is an identity."""
     drop_prob = getattr(drop_path, 'drop_prob', 0.0)
     if not drop_path.training or drop_prob == 0.0:
@@ -66,19 +54,9 @@ def _drop_path_factors(drop_path: nn.Module, x: torch.Tensor) -> Optional[torch.
     return factors
 
 
-def care_block(m, x: torch.Tensor) -> torch.Tensor:
-    """CareBlock: both interaction units' projections end in the residual op (Inter1: features + fc2(h);
-    Inter2: x + drop_path(layer_scale * (u + fc2(h))), or its re-parameterised form)."""
-    memory, features = x[:, :m.mem_dim], x[:, m.mem_dim:]
-    features = m.token_mixer(features)
-    inter1, inter2 = m.inter1, m.inter2
-    features = ops.residual(features, pointwise(_hidden(inter1, features), inter1.fc2.weight), inter1.fc2.bias,
-                            None, None, None, True)
-    u = torch.cat([memory, features], dim=1)
-    if m.layer_scale is None:
-        return inter2(u)
-    if m.reparameterized and m.training:
-        raise RuntimeError('this block is re-parameterised for inference and cannot be trained')
-    y = pointwise(_hidden(inter2, u), inter2.fc2.weight)
-    return ops.residual(x, y, inter2.fc2.bias, u, m.layer_scale, _drop_path_factors(m.drop_path, x),
-                        not m.reparameterized)
+def project(unit: nn.Module, h: torch.Tensor, x: torch.Tensor, u: Optional[torch.Tensor] = None,
+            scale: Optional[torch.Tensor] = None, sample_scale: Optional[torch.Tensor] = None,
+            scale_y: bool = True) -> torch.Tensor:
+    """x + s * (scale * u + scale' * fc2(h)) (ops.residual) of an interaction unit's hidden map h."""
+    fc2 = unit.fc2
+    return ops.residual(x, pointwise(h, fc2.weight), fc2.bias, u, scale, sample_scale, scale_y)

@@ -7,17 +7,13 @@ imported on the first kernel launch only. Backward passes are ops of their own, 
 training graphs hold them as single nodes too. Channel gradients (biases, scales, depthwise
 weights) are summed with fp32 atomics: fast, but not bitwise reproducible from run to run.
 """
-import os
 from typing import List, Optional
 
 import torch
 from torch import Tensor
 
 from . import reference
-
-def _on_triton(t: Tensor) -> bool:
-    """Whether an op on `t` runs its Triton kernel (CUDA, or the CPU under Triton's interpreter)."""
-    return t.is_cuda or (t.device.type == 'cpu' and os.environ.get('TRITON_INTERPRET') == '1')
+from .paths import runs_kernels
 
 
 def memory_format(t: Tensor) -> torch.memory_format:
@@ -68,8 +64,8 @@ def _vjp(fn, grad: Tensor, inputs: List[Optional[Tensor]], *args) -> List[Tensor
 @torch.library.custom_op('caretrans::linear_attention', mutates_args=())
 def linear_attention(qk: Tensor, v: Tensor, num_heads: int, elu: bool) -> Tensor:
     """Multi-head linear attention of v (B, C, H, W) with q, k = qk (B, 2C, H, W) split in two."""
-    if not _on_triton(v):
-        return _as(reference.linear_attention(qk, v, num_heads, elu), v)
+    if not runs_kernels(v):
+        return _as(reference.linear_attention_fp32(qk, v, num_heads, elu), v)
     from . import attention
     return attention.forward(qk, v, num_heads, elu, _empty(v))
 
@@ -82,8 +78,8 @@ def _(qk, v, num_heads, elu):
 @torch.library.custom_op('caretrans::linear_attention_backward', mutates_args=())
 def linear_attention_backward(grad: Tensor, qk: Tensor, v: Tensor, num_heads: int, elu: bool) -> List[Tensor]:
     """[d qk, d v] of linear_attention."""
-    if not _on_triton(v):
-        return _vjp(reference.linear_attention, grad, [qk, v], num_heads, elu)
+    if not runs_kernels(v):
+        return _vjp(reference.linear_attention_fp32, grad, [qk, v], num_heads, elu)
     from . import attention
     return list(attention.backward(grad, qk, v, num_heads, elu, _empty(qk), _empty(v)))
 
@@ -112,7 +108,7 @@ linear_attention.register_autograd(_attention_backward, setup_context=_attention
 @torch.library.custom_op('caretrans::bias_gelu', mutates_args=())
 def bias_gelu(y: Tensor, bias: Tensor) -> Tensor:
     """GELU(y + bias) over channels (dim 1) of a map: the epilogue of a 1x1 expansion computed without bias."""
-    if not _on_triton(y):
+    if not runs_kernels(y):
         return _as(reference.bias_gelu(y, bias), y)
     from . import epilogue
     return epilogue.bias_gelu_forward(y, bias, _empty(y))
@@ -126,7 +122,7 @@ def _(y, bias):
 @torch.library.custom_op('caretrans::bias_gelu_backward', mutates_args=())
 def bias_gelu_backward(grad: Tensor, y: Tensor, bias: Tensor) -> List[Tensor]:
     """[d y, d bias] of bias_gelu."""
-    if not _on_triton(y):
+    if not runs_kernels(y):
         return _vjp(reference.bias_gelu, grad, [y, bias])
     from . import epilogue
     return list(epilogue.bias_gelu_backward(grad, y, bias, _empty(y)))
@@ -160,7 +156,7 @@ def _residual_dtype(x: Tensor, y: Tensor, u: Optional[Tensor], scale: Optional[T
 def residual(x: Tensor, y: Tensor, bias: Tensor, u: Optional[Tensor], scale: Optional[Tensor],
              sample_scale: Optional[Tensor], scale_y: bool) -> Tensor:
     """x + s * (scale * u + scale' * (y + bias)) (reference.residual): a 1x1 projection's epilogue."""
-    if not _on_triton(y):
+    if not runs_kernels(y):
         return _as(reference.residual(x, y, bias, u, scale, sample_scale, scale_y), x)
     from . import epilogue
     out = _empty(x, dtype=_residual_dtype(x, y, u, scale))
@@ -177,7 +173,7 @@ def residual_backward(grad: Tensor, y: Tensor, bias: Tensor, u: Optional[Tensor]
                       sample_scale: Optional[Tensor], scale_y: bool) -> List[Tensor]:
     """[d y, d u, d bias, d scale] of residual; d u is empty where it equals d y (or u is None), d scale where
     scale is None. The gradient w.r.t. x is `grad` itself."""
-    if not _on_triton(y):
+    if not runs_kernels(y):
         def branch(y, bias, u, scale):
             return reference.residual(torch.zeros((), dtype=grad.dtype), y, bias, u, scale, sample_scale, scale_y)
         dy, dbias, du, dscale = _vjp(branch, grad, [y, bias, u, scale])
@@ -226,7 +222,7 @@ def token_mix(x: Tensor, glob: Optional[Tensor], w3: Tensor, b3: Tensor, w7: Ten
               wv: Optional[Tensor], bv: Optional[Tensor], wh: Optional[Tensor], bh: Optional[Tensor]) -> Tensor:
     """CARE's token mixer (reference.token_mix): [glob | 3x3 | 7x7] of x = [l3 | l7], or
     [11x1 + 1x11 | 3x3 | 7x7] of x = [a | l3 | l7] without glob."""
-    if not _on_triton(x):
+    if not runs_kernels(x):
         return _as(reference.token_mix(x, glob, w3, b3, w7, b7, wv, bv, wh, bh), x)
     from . import depthwise
     return depthwise.mix(x, glob, w3, b3, w7, b7, wv, bv, wh, bh, _empty(x, channels=3 * w3.shape[0]))
@@ -242,7 +238,7 @@ def token_mix_backward(grad: Tensor, x: Tensor, glob_mode: bool, w3: Tensor, w7:
                        wh: Optional[Tensor]) -> List[Tensor]:
     """[d x, d w3, d b3, d w7, d b7, d wv, d bv, d wh, d bh] of token_mix (the long-range four empty in glob
     mode); d glob is grad[:, :g] itself."""
-    if not _on_triton(x):
+    if not runs_kernels(x):
         g = w3.shape[0]
         glob = grad[:, :g] if glob_mode else None
         biases = [torch.zeros(g, dtype=w3.dtype, device=w3.device) if w is not None else None

@@ -26,6 +26,20 @@ def linear_attention(qk: torch.Tensor, v: torch.Tensor, num_heads: int, elu: boo
     return (torch.bmm(kv, q) / (torch.bmm(k_mean, q) + 1e-6)).reshape(B, C, H, W)
 
 
+def linear_attention_fp32(qk: torch.Tensor, v: torch.Tensor, num_heads: int, elu: bool) -> torch.Tensor:
+    """linear_attention computed in fp32 whatever the inputs' dtype and autocast, returned in v's dtype.
+
+    Its sums over all positions (k^T v, the k mean and the normaliser) overflow fp16 on inputs of
+    large magnitude (NaN logits at 1e4 x the usual input scale) and lose most of bf16's bits; the
+    Triton kernels compute in fp32 too. Not for TorchScript (the autocast context).
+    """
+    device = v.device.type
+    if qk.dtype == v.dtype == torch.float32 and not torch.is_autocast_enabled(device):
+        return linear_attention(qk, v, num_heads, elu)  # fp32 already (the autocast context costs 10 us)
+    with torch.autocast(device, enabled=False):
+        return linear_attention(qk.float(), v.float(), num_heads, elu).to(v.dtype)
+
+
 def _depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     kh, kw = weight.shape[-2:]
     return F.conv2d(x, weight, bias, padding=(kh // 2, kw // 2), groups=x.shape[1])

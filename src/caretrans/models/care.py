@@ -17,55 +17,26 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx._symbolic_trace import is_fx_tracing
 from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
 from timm.models import build_model_with_cfg, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import adapt_input_conv, checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 
-from .. import kernels as _kernels
+from ..kernels import ForwardPath, captures_graph, check_mode, dispatch
 from ..kernels import fused as _fused
+from ..kernels import ops as _ops
 from ..kernels import reference as _reference
 from ..limits import MIN_INPUT_SIZE
 from .checkpoint import CheckpointError, loading_source, match_state_dict, unwrap_state_dict
-from .fusion import check_eval, conv_with_weights, fold_batchnorm
+from .fusion import conv_with_weights, fold_batchnorm
 
 __all__ = ['CareTransformer', 'checkpoint_filter_fn', 'MIN_INPUT_SIZE']
 
 
-# The CPU fast paths below branch on strides and map sizes. Graph capture must not see those
-# branches: torch.jit.script and torch.fx know no strides or sizes, and traced/exported/compiled
-# graphs must not bake in one input's layout or size. `torch.jit.is_scripting()` comes first in
-# each helper because TorchScript drops the rest of the function, which it could not compile.
-
-def _is_exporting() -> bool:
-    """True while torch.jit, torch.fx, torch.export or torch.compile capture the model."""
-    if torch.jit.is_scripting():
-        return True
-    return (
-        torch.jit.is_tracing()
-        or is_fx_tracing()
-        or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
-    )
-
-
-def _use_kernels(mode: str, x: torch.Tensor) -> bool:
-    """Whether a module runs its fused Triton ops (caretrans.kernels, model option kernels=); never in TorchScript."""
-    if torch.jit.is_scripting():
-        return False
-    return _kernels.use_triton(mode, x)
-
-
-def _channels_innermost(x: torch.Tensor) -> bool:
-    """True for channels-last tensors (and channel slices of them): the NHWC view is a matrix.
-
-    False under scripting and symbolic tracing, where strides are unknown: the layout-free path.
-    """
-    if torch.jit.is_scripting():
-        return False
-    return not is_fx_tracing() and x.stride(1) == 1
+# How each module runs is one call: dispatch(kernels, x) (caretrans.kernels.paths) names the ForwardPath,
+# the forward takes it. The fast paths branch on strides and map sizes, which graph capture must
+# not see (EXPORT, COMPILE: plain ops); modules without fused ops ask in kernels='torch' mode.
 
 
 class PointwiseConv(nn.Conv2d):
@@ -77,7 +48,7 @@ class PointwiseConv(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # On CPU the GEMM is 1.3-3x faster than oneDNN's 1x1 conv, forward and backward
         # (docs/training.md); traced graphs keep the Conv op that runtimes fuse.
-        if not _is_exporting() and _channels_innermost(x):
+        if dispatch('torch', x) == ForwardPath.CHANNELS_LAST:
             return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
         return self._conv_forward(x, self.weight, self.bias)
 
@@ -90,7 +61,7 @@ class DepthwiseConv(nn.Conv2d):
         super().__init__(dim, dim, (kh, kw), padding=(kh // 2, kw // 2), groups=dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _is_exporting():  # a traced graph must not bake in one input size
+        if captures_graph(dispatch('torch', x)):  # a traced graph must not bake in one input size
             return self._conv_forward(x, self.weight, self.bias)
         # Exact: a tap further than H-1 rows (W-1 columns) from the centre multiplies zero padding
         # for every output pixel, so its output and its gradient are zero. At 32x32 input the last
@@ -137,7 +108,8 @@ class Stem(nn.Module):
         self.norm = nn.BatchNorm2d(out_chans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _is_exporting():  # the stem is the first module of the classifier and of features_only models
+        # The stem is the first module of the classifier and of features_only models.
+        if not captures_graph(dispatch('torch', x)):
             check_input(x, self.conv.in_channels, self.training)
         return self.norm(self.conv(x))
 
@@ -187,16 +159,27 @@ class LinearAttention(nn.Module):
         self.head_dim = head_dim
         self.kernel = kernel
         self.qk = PointwiseConv(dim, 2 * dim)
-
-    kernels = 'auto'  # set by CareTransformer.set_kernels
-    _fused_forward = torch.jit.unused(_fused.linear_attention)
+        self.kernels = 'auto'  # CareTransformer.set_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _use_kernels(self.kernels, x):
-            return self._fused_forward(x)
-        out = _reference.linear_attention(self.qk(x), x, self.num_heads, self.kernel == 'elu')
+        path = dispatch(self.kernels, x)
+        qk = self.qk(x)
+        if path == ForwardPath.TRITON:
+            return self._attention_op(qk, x)
+        if path == ForwardPath.EXPORT:  # the ops runtimes know; an exported graph runs in the precision it is given
+            return _reference.linear_attention(qk, x, self.num_heads, self.kernel == 'elu')
+        out = self._attention_fp32(qk, x)
         # Keep a channels-last input's layout, or every later layer of the stage falls back to NCHW.
-        return out.contiguous(memory_format=torch.channels_last) if _channels_innermost(x) else out
+        return out.contiguous(memory_format=torch.channels_last) if path == ForwardPath.CHANNELS_LAST else out
+
+    @torch.jit.unused
+    def _attention_fp32(self, qk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The attention with its sums over positions in fp32 under half precision and autocast."""
+        return _reference.linear_attention_fp32(qk, x, self.num_heads, self.kernel == 'elu')
+
+    @torch.jit.unused
+    def _attention_op(self, qk: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return _ops.linear_attention(qk, x, self.num_heads, self.kernel == 'elu')
 
 
 class TokenMixer(nn.Module):
@@ -214,15 +197,11 @@ class TokenMixer(nn.Module):
         self.widths = [w for w in widths if w]
         # The fused op takes the released layout only: three equal groups with both local convs.
         self.fusable = global_mixer is not None and len(self.widths) == 3 and len(set(self.widths)) == 1
-        if not self.fusable:
-            self.kernels = 'torch'
-
-    kernels = 'auto'  # set by CareTransformer.set_kernels
-    _fused_forward = torch.jit.unused(_fused.token_mixer)
+        self.kernels = 'auto' if self.fusable else 'torch'  # CareTransformer.set_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _use_kernels(self.kernels, x):
-            return self._fused_forward(x)
+        if dispatch(self.kernels, x) == ForwardPath.TRITON:
+            return self._mix_op(x)
         parts = x.split(self.widths, dim=1)
         out: List[torch.Tensor] = []
         if self.global_mixer is not None:
@@ -232,6 +211,10 @@ class TokenMixer(nn.Module):
         if self.local7 is not None:
             out.append(self.local7(parts[len(out)]))
         return torch.cat(out, dim=1) if len(out) > 1 else out[0]
+
+    @torch.jit.unused
+    def _mix_op(self, x: torch.Tensor) -> torch.Tensor:
+        return _fused.token_mix(self, x)
 
 
 class StackedMixer(nn.Module):
@@ -264,15 +247,20 @@ class Interaction(nn.Module):
         self.drop = nn.Dropout(drop)
         self.fc2 = PointwiseConv(hidden, dim) if project else nn.Identity()
         self.out_chans = dim if project else hidden
-
-    kernels = 'auto'  # set by CareTransformer.set_kernels
-    _fused_forward = torch.jit.unused(_fused.interaction)
+        self.kernels = 'auto'  # CareTransformer.set_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _use_kernels(self.kernels, x):
-            return self._fused_forward(x)
-        x = self.drop(self.dwconv(self.act(self.fc1(self.norm(x)))))
-        return self.fc2(x)
+        return self.fc2(self.hidden(x, dispatch(self.kernels, x)))
+
+    def hidden(self, x: torch.Tensor, path: ForwardPath) -> torch.Tensor:
+        """The unit up to its projection on `path`: BN, 1x1 expansion, GELU, 3x3 depthwise, dropout."""
+        h = self.norm(x)
+        h = self._expand_op(h) if path == ForwardPath.TRITON else self.act(self.fc1(h))
+        return self.drop(self.dwconv(h))
+
+    @torch.jit.unused
+    def _expand_op(self, h: torch.Tensor) -> torch.Tensor:
+        return _fused.expand(self, h)
 
     def reparameterize(self):
         """Fold the pre-norm BatchNorm into the 1x1 expansion."""
@@ -382,8 +370,7 @@ class CareBlock(nn.Module):
         self.out_chans = self.inter2.out_chans if self.inter2 is not None else dim + mem_dim
         # The fused block takes the released structure only (both units, a memory, a decoupled mixer).
         self.fusable = inter1 and inter2 and mem_dim > 0 and getattr(self.token_mixer, 'fusable', False)
-        if not self.fusable:
-            self.kernels = 'torch'
+        self.kernels = 'auto' if self.fusable else 'torch'  # CareTransformer.set_kernels
         if last:
             self.layer_scale = None
             self.drop_path = nn.Identity()
@@ -391,31 +378,43 @@ class CareBlock(nn.Module):
             self.layer_scale = nn.Parameter(torch.full((dim + mem_dim,), layer_scale_init_value))
             self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
-    kernels = 'auto'  # set by CareTransformer.set_kernels
-    _fused_forward = torch.jit.unused(_fused.care_block)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _use_kernels(self.kernels, x):
-            return self._fused_forward(x)
+        # One dataflow for every path; on TRITON each projection's epilogue (bias, layer scale, drop
+        # path, residual add) is one op.
+        path = dispatch(self.kernels, x)
         memory, features = x[:, :self.mem_dim], x[:, self.mem_dim:]
         features = self.token_mixer(features)
         if self.inter1 is not None:
-            features = features + self.inter1(features)
+            features = self._inter1_op(features) if path == ForwardPath.TRITON else features + self.inter1(features)
         u = torch.cat([memory, features], dim=1) if self.mem_dim > 0 else features
         if self.inter2 is None:  # ablation: no Inter2 to fold the layer scale into
             self._check_trainable()
             return x + self.drop_path(self.layer_scale.view(1, -1, 1, 1) * u)
         if self.layer_scale is None:
             return self.inter2(u)
+        self._check_trainable()
+        if path == ForwardPath.TRITON:
+            return self._inter2_op(x, u)
         if self.reparameterized:  # inference: the layer scale is folded into inter2.fc2
-            self._check_trainable()
             return x + u * self.layer_scale.view(1, -1, 1, 1) + self.inter2(u)
         out = u + self.inter2(u)
         return x + self.drop_path(self.layer_scale.view(1, -1, 1, 1) * out)
 
+    @torch.jit.unused
+    def _inter1_op(self, features: torch.Tensor) -> torch.Tensor:
+        """features + inter1(features)."""
+        return _fused.project(self.inter1, self.inter1.hidden(features, ForwardPath.TRITON), features)
+
+    @torch.jit.unused
+    def _inter2_op(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """x + drop_path(layer_scale * (u + inter2(u))), or x + layer_scale * u + inter2(u) re-parameterised."""
+        return _fused.project(self.inter2, self.inter2.hidden(u, ForwardPath.TRITON), x, u, self.layer_scale,
+                              _fused.drop_path_factors(self.drop_path, x), not self.reparameterized)
+
     def _check_trainable(self):
         if self.reparameterized and self.training:
-            raise RuntimeError('this block is re-parameterised for inference and cannot be trained')
+            raise RuntimeError('this block is re-parameterised for inference and cannot be trained: '
+                               'call model.eval() to run it')
 
     def reparameterize(self):
         """Fold the layer scale into inter2.fc2 (the interaction units fold their own BatchNorms).
@@ -425,7 +424,6 @@ class CareBlock(nn.Module):
         """
         if self.reparameterized:
             return
-        check_eval(self)
         if self.layer_scale is not None and self.inter2 is not None:
             scale = self.layer_scale.detach()
             fc2 = self.inter2.fc2
@@ -636,9 +634,9 @@ class CareTransformer(nn.Module):
     def set_kernels(self, mode: str = 'auto'):
         """Fused Triton kernels: 'auto' runs them on CUDA, 'triton' wherever the ops run, 'torch' never
         (caretrans.kernels; the PyTorch path is the reference and the default on the CPU)."""
-        self.kernels = _kernels.check_mode(mode)
+        self.kernels = check_mode(mode)
         for m in self.modules():
-            if hasattr(type(m), '_fused_forward'):
+            if m is not self and hasattr(m, 'kernels'):  # the modules with fused ops
                 m.kernels = mode if getattr(m, 'fusable', True) else 'torch'  # ablation layouts: PyTorch
 
     @torch.jit.ignore
@@ -648,7 +646,6 @@ class CareTransformer(nn.Module):
 
     def reparameterize(self):
         """Merge the two heads into one (caretrans.reparameterize fuses the rest, module by module)."""
-        check_eval(self)
         if self.head_dist is not None and self.num_classes > 0:
             self.head = CareHead.merged(self.head, self.head_dist)
             self.head_dist = None

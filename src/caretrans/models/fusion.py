@@ -1,7 +1,10 @@
 """Inference re-parameterisation: one entry point, and the BatchNorm fold that CARE's modules share.
 
 Each fusion is exact in eval mode: BatchNorm uses its running statistics, dropout and drop-path are
-identities, so the fused model computes the same function with fewer ops.
+identities, so the fused model computes the same function with fewer ops. As timm's FastViT and
+MobileOne, the modules fold the running statistics in either mode (timm.utils.reparameterize_model
+leaves the mode as it is, and timm.create_model returns a model in training mode); the fused
+blocks refuse to run in training mode.
 """
 import copy
 
@@ -10,7 +13,7 @@ import torch.nn as nn
 from timm.models import reparameterize_model
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-__all__ = ['reparameterize', 'fold_batchnorm', 'conv_with_weights', 'check_eval']
+__all__ = ['reparameterize', 'fold_batchnorm', 'conv_with_weights']
 
 
 def reparameterize(model: nn.Module) -> nn.Module:
@@ -24,13 +27,6 @@ def reparameterize(model: nn.Module) -> nn.Module:
     if hasattr(model, 'reparameterize'):
         model.reparameterize()
     return reparameterize_model(model, inplace=True)
-
-
-def check_eval(module: nn.Module):
-    """Refuse to fold BatchNorm running statistics of a module in training mode."""
-    if module.training:
-        raise RuntimeError('re-parameterisation folds BatchNorm running statistics and is for inference: '
-                           'call model.eval() first')
 
 
 def conv_with_weights(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
@@ -54,12 +50,11 @@ def _fold_into_next_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
 
 
 def fold_batchnorm(module: nn.Module, conv: str, norm: str = 'norm', norm_first: bool = False):
-    """Fold the BatchNorm `module.<norm>` into the conv `module.<conv>` that it follows (or, with
-    `norm_first`, precedes), in place; the norm becomes an Identity. A folded module is left as it is."""
+    """Fold the BatchNorm `module.<norm>` (its running statistics) into the conv `module.<conv>` that it follows
+    (or, with `norm_first`, precedes), in place; the norm becomes an Identity. A folded module is left as it is."""
     bn, layer = getattr(module, norm), getattr(module, conv)
     if not isinstance(bn, nn.BatchNorm2d):
         return
-    check_eval(module)
     if norm_first:
         fused = _fold_into_next_conv(bn, layer)
     else:
