@@ -319,3 +319,19 @@ def test_load_run_gives_a_dense_runs_model_transform_and_labels(runs, data):
                 assert torch.equal(ours['boxes'], theirs['boxes']) and labels[0] == '__background__'
             else:
                 assert torch.equal(model(x[None]), run.model(run.transform(image)[None]))
+
+
+def test_weights_holding_nan_are_refused_by_dense_validate_and_predict(runs, tmp_path, capsys):
+    folder, _ = runs
+    broken = tmp_path / 'det'
+    shutil.copytree(folder / 'det', broken)
+    weights = load_file(broken / 'model.safetensors')
+    key = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[key][...] = float('nan')
+    save_atomic(weights, broken / 'model.safetensors', metadata={'card': read_card(folder / 'det' / 'model.safetensors').to_json()})
+    for argv in (['det', 'validate', '--checkpoint', str(broken / 'model.safetensors')],
+                 ['det', 'predict', '--checkpoint', str(broken / 'model.safetensors'), str(tmp_path)]):
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.strip().endswith(f'{broken / "model.safetensors"} holds NaN or infinite values in 1 tensor(s) '
+                                    f'({key}): it cannot be evaluated; use an earlier checkpoint'), err

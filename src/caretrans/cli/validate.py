@@ -61,17 +61,6 @@ def _describe(checkpoint, model):
     return info
 
 
-def _refuse_non_finite(model, checkpoint):
-    """Refuse weights holding NaN or infinite values: every output would be NaN (e.g. a run saved as it
-    diverged)."""
-    import torch
-
-    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise ValueError(f'{checkpoint} holds NaN or infinite values in {len(bad)} tensor(s) ({", ".join(bad[:3])}'
-                         f'{", ..." if len(bad) > 3 else ""}): it cannot be evaluated; use an earlier checkpoint')
-
-
 def _refuse_other_head(info, num_classes: int, origin: str):
     """A checkpoint whose classifier has another class count than the model would leave the model's
     head at its random initialisation (load_checkpoint only warns, for fine-tuning): refuse it."""
@@ -108,6 +97,7 @@ def run(args):
     from ..data.loader import build_transform, check_interpolation, create_eval_loader, default_img_size
     from ..models.checkpoint_info import run_weights
     from ..models import MIN_INPUT_SIZE, load_checkpoint
+    from ..models.checkpoint import require_finite
     from ..runtime.distributed import DistributedContext
     from ..runtime.loop import TrainingDiverged
     from ..runtime.precision import autocast_factory
@@ -155,7 +145,7 @@ def run(args):
     kwargs = card.model_kwargs() if card is not None else dict(num_classes=num_classes, in_chans=in_chans)
     model = timm.create_model(model_name, **kwargs)
     load_checkpoint(model, args.checkpoint)
-    _refuse_non_finite(model, args.checkpoint)
+    require_finite(model, args.checkpoint)
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -13,7 +13,7 @@ import torch.nn as nn
 from torchvision.transforms import v2
 
 from ..models.card import ModelCard
-from ..models.checkpoint import CheckpointError, card_of, read_checkpoint, weights_info
+from ..models.checkpoint import CheckpointError, card_of, read_checkpoint, require_finite, weights_info
 from ..models.checkpoint_info import RECIPE_FILE, recorded_recipe, run_weights
 from ..runtime.distributed import cleanup_distributed, setup_distributed
 from . import data as D
@@ -86,6 +86,7 @@ def load_dense_run(path, task: Optional[str] = None, device=None, action: str = 
     except RuntimeError as e:
         raise CheckpointError(f'{path} does not fit the {_TASK_WORDS[card.task]} model of its model card: '
                               f'{str(e).splitlines()[0]}') from None
+    require_finite(model, path)
     model.eval().to(device or 'cpu')
     return DenseRun(model, input_transform(card), card.label_names, card, recipe, path)
 

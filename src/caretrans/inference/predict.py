@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..data.images import UnreadableImageError, read_image
-from ..models.checkpoint import CheckpointError, load_checkpoint, weights_info
+from ..models.checkpoint import CheckpointError, load_checkpoint, require_finite, weights_info
 from ..models.checkpoint_info import describe, run_weights
 
 __all__ = ['Prediction', 'load_run', 'run_task', 'predict_images']
@@ -45,6 +45,7 @@ def load_run(path: PathLike, device: Union[str, torch.device] = 'cpu') -> Tuple[
                               'caretrans train, or by a version before cards were recorded')
     model = timm.create_model(card.architecture, **card.model_kwargs())
     load_checkpoint(model, weights)
+    require_finite(model, weights)
     card.apply(model)  # a save_for_hf folder's card comes from its config.json, not from the weights file
     model = model.eval().to(device)
     return model, create_transform(**resolve_data_config(model=model)), list(card.label_names)

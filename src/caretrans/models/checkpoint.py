@@ -21,7 +21,7 @@ from .card import CARD_KEY, ModelCard
 
 __all__ = ['CheckpointError', 'read_checkpoint', 'unwrap_state_dict', 'match_state_dict', 'filter_state_dict',
            'load_checkpoint', 'load_weights', 'save_atomic', 'atomic_file', 'save_weights', 'weights_info',
-           'read_card', 'tensor_checksum',
+           'read_card', 'tensor_checksum', 'require_finite',
            'card_of']
 
 PathLike = Union[str, os.PathLike]
@@ -182,6 +182,16 @@ def match_state_dict(
             + '; '.join(dropped), stacklevel=3)
     _warn_non_finite(out, source)
     return out
+
+
+def require_finite(model: nn.Module, source: PathLike):
+    """Refuse (CheckpointError) a model whose weights hold NaN or infinite values, naming `source`: every
+    output would be NaN (e.g. a run saved as it diverged). Loading only warns, for fine-tuning's sake;
+    evaluating and predicting refuse."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f'{source} holds NaN or infinite values in {len(bad)} tensor(s) ({", ".join(bad[:3])}'
+                              f'{", ..." if len(bad) > 3 else ""}): it cannot be evaluated; use an earlier checkpoint')
 
 
 def _warn_non_finite(state_dict: Dict[str, torch.Tensor], source: str):
