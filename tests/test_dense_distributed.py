@@ -52,7 +52,7 @@ def test_a_nan_loss_on_one_rank_stops_both_ranks(tmp_path):
                 for r in (0, 1)]
     for outcome in outcomes:  # each rank raised, naming the step, before applying it
         assert outcome is not None and outcome.startswith('TrainingDiverged') and 'not finite' in outcome \
-            and 'epoch 0, batch 1, optimiser step 2' in outcome, (outcomes, done.stdout[-2000:], done.stderr[-3000:])
+            and 'epoch 1, batch 2, optimiser step 2' in outcome, (outcomes, done.stdout[-2000:], done.stderr[-3000:])
     assert done.returncode == 0
 
 

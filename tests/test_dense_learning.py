@@ -125,10 +125,11 @@ class _StopAfter:
 
 def test_stopped_run_resumes_exactly(shapes, tmp_path, monkeypatch, capsys):
     from caretrans.dense import train as train_module
+    from caretrans.runtime import fit as fit_module
     recipe = DenseRecipe(**dict(PRESETS['shapes-seg'], data=str(shapes), epochs=2, batch_size=16))
     train_module.train(recipe, tmp_path / 'straight', progress=False)
     with monkeypatch.context() as m:
-        m.setattr(train_module, 'GracefulStop', lambda: _StopAfter(3))  # mid-way through epoch 1 of 2
+        m.setattr(fit_module, 'GracefulStop', lambda: _StopAfter(3))  # mid-way through epoch 1 of 2
         stopped = train_module.train(recipe, tmp_path / 'resumed', progress=False)
     assert stopped.status == 'SIGTERM' and not (tmp_path / 'resumed' / 'model.safetensors').exists()
     # Through the command line: a new run over it is refused, so is a resume that changes the recipe;
@@ -147,7 +148,7 @@ def test_stopped_run_resumes_exactly(shapes, tmp_path, monkeypatch, capsys):
     assert train_module.train(recipe, tmp_path / 'resumed', resume=last, progress=False).status == 'already finished'
     longer = train_module.train(dataclasses.replace(recipe, epochs=3), tmp_path / 'resumed', resume=last, progress=False)
     assert (longer.status, longer.epoch) == ('finished', 3)
-    assert [r['epoch'] for r in MetricsLogger(tmp_path / 'resumed').records] == [0, 1, 2]
+    assert [r['epoch'] for r in MetricsLogger(tmp_path / 'resumed').records] == [1, 2, 3]  # numbered from 1
 
 
 _SMALL_SEG = ['--recipe', 'shapes-seg', '--crop-size', '64', '--scale', '64', '--min-size', '64', '--batch-size', '2',
@@ -173,8 +174,9 @@ def test_sigterm_stops_a_dense_run_like_a_classification_run_and_it_resumes_exac
     out = interrupted.communicate(timeout=120)[0]
     assert interrupted.returncode == 143, out
     state = load_training_state(run / 'last.pth')
-    assert f"stopped by SIGTERM at epoch {state['epoch']}, batch {state['batch']}; " \
-           f"resume with --resume {run / 'last.pth'}" in out
+    where = f"in epoch {state['epoch'] + 1}, after batch {state['batch']}" if state['batch'] else \
+        f"after epoch {state['epoch']}"
+    assert f"stopped by SIGTERM {where}; resume with --resume {run / 'last.pth'}" in out
     assert state['epoch'] < 3 and not (run / 'model.safetensors').exists()
     assert STATE_KEYS <= set(state)  # the layout of a classification run's last.pth
 

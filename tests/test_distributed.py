@@ -57,7 +57,7 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tmp_path):
     assert max(ranks[0][k].abs().max().item() for k in expected if k.endswith('layer_scale')) > 1e-4
     # Only rank 0 wrote the run folder.
     assert sorted(p.name for p in (tmp_path / 'run').iterdir()) == [
-        'best.safetensors', 'class_map.txt', 'curves.png', 'last.pth', 'metrics.csv', 'metrics.jsonl', 'recipe.yaml']
+        '.lock', 'best.safetensors', 'class_map.txt', 'curves.png', 'last.pth', 'metrics.csv', 'metrics.jsonl', 'recipe.yaml']
 
 
 if __name__ == '__main__':
