@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .convert import ATOL, FP16_TOL, RTOL, ExportCheckError, _check_close, _inputs
-from .mobile import INT8_TOL, _split_as_slices
+from .mobile import INT8_TOL, _split_as_slices, calibrate, progress_bar, stage
 
 aten = torch.ops.aten
 
@@ -129,19 +129,12 @@ def int8_quantizer():
     return BodyQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
 
 
-def quantize_int8(graph: nn.Module, calibration: Iterable[torch.Tensor], quantizer) -> nn.Module:
-    """PyTorch's simulation of the int8 `graph`, its activation ranges observed on the `calibration` images."""
+def quantize_int8(graph: nn.Module, calibration: Iterable[torch.Tensor], quantizer, progress=None) -> nn.Module:
+    """PyTorch's simulation of the int8 `graph`, its activation ranges observed on the `calibration`
+    images (`progress`: a bar advanced per image)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    prepared = prepare_pt2e(graph, quantizer)
-    seen = 0
-    with torch.no_grad():
-        for x in calibration:
-            prepared(x)
-            seen += 1
-    if not seen:
-        raise ValueError('int8 calibration needs at least one image')
-    return convert_pt2e(prepared, fold_quantize=False)
+    return convert_pt2e(calibrate(prepare_pt2e(graph, quantizer), calibration, progress), fold_quantize=False)
 
 
 def float16_weights(buffer: bytes) -> bytes:
@@ -292,13 +285,14 @@ def check_litert(model: nn.Module, reference: nn.Module, buffer: bytes, inputs: 
 
 def export_tflite(model: nn.Module, output, img_size: int = 224, in_chans: Optional[int] = None, nhwc: bool = False,
                   fp16: bool = False, calibration: Optional[Iterable[torch.Tensor]] = None,
-                  metadata: Optional[Mapping[str, str]] = None) -> Dict[str, object]:
+                  metadata: Optional[Mapping[str, str]] = None, progress: Optional[int] = None) -> Dict[str, object]:
     """Convert an eval-mode `model` to a LiteRT model, check it, and only then write `output`.
 
     The model (batch 1; `nhwc`: channels-last input) runs in LiteRT's interpreter with the XNNPACK
     delegate on random inputs and must match PyTorch (`fp16`: float16 weights, to FP16_TOL; with
     `calibration` images (NCHW), int8: PyTorch's simulation of the quantised model, and the report adds
-    the difference to the float model). `metadata` is stored in the file (`add_metadata`). A failed
+    the difference to the float model). `metadata` is stored in the file (`add_metadata`). `progress`:
+    the number of calibration images, for a progress bar over calibration and conversion. A failed
     check raises ExportCheckError and writes nothing.
     """
     from ..models.checkpoint import atomic_file
@@ -311,15 +305,16 @@ def export_tflite(model: nn.Module, output, img_size: int = 224, in_chans: Optio
     layout = (lambda x: x.permute(0, 2, 3, 1).contiguous()) if nhwc else (lambda x: x)
     module = channels_last_input(model) if nhwc else model
     x = layout(torch.zeros(1, in_chans, img_size, img_size))
+    bar = progress_bar(progress + 2, 'int8 LiteRT') if progress is not None else None
     start = time.perf_counter()
     with torch.no_grad():
         graph = export_graph(module, x)
         reference, quantizer = module, None
         if calibration is not None:
             quantizer = int8_quantizer()
-            reference = quantize_int8(graph, (layout(c) for c in calibration), quantizer)
-            graph = reference
-        buffer = convert(graph, x, quantizer)
+            reference = graph = quantize_int8(graph, (layout(c) for c in calibration), quantizer, bar)
+        with stage(bar, 'converting'):
+            buffer = convert(graph, x, quantizer)
         if fp16:
             buffer = float16_weights(buffer)
     buffer = add_metadata(buffer, metadata or {})
@@ -330,8 +325,11 @@ def export_tflite(model: nn.Module, output, img_size: int = 224, in_chans: Optio
                   conversion_s=round(time.perf_counter() - start, 1), operators=dict(operators(buffer).most_common()),
                   metadata=sorted(metadata or {}), **delegation_report(buffer))
     inputs = [layout(t) for t in _inputs([1], in_chans, img_size)]
-    report.update(check_litert(module, reference, buffer, inputs, tolerance=FP16_TOL if fp16 else None,
-                               quantized=calibration is not None))
+    with stage(bar, 'checking'):
+        report.update(check_litert(module, reference, buffer, inputs, tolerance=FP16_TOL if fp16 else None,
+                                   quantized=calibration is not None))
+    if bar is not None:
+        bar.close()
     report['numerically_checked'] = True
     with atomic_file(output) as tmp:
         Path(tmp).write_bytes(buffer)
