@@ -203,7 +203,7 @@ def check_export_request(fmt: str, output, img_size: int, dynamic_batch: bool = 
     if fmt not in FORMATS + ('executorch', 'tflite'):  # ExecuTorch programs: export.mobile; LiteRT: export.litert
         raise ValueError(f'unknown export format {fmt!r}; choose one of {", ".join(FORMATS)}, executorch, tflite')
     if dynamic_batch and fmt not in ('onnx', 'executorch'):
-        raise ValueError('--dynamic-batch is supported for ONNX and ExecuTorch only')
+        raise ValueError('--dynamic-batch is supported for ExecuTorch and ONNX only')
     if img_size < MIN_INPUT_SIZE:
         raise ValueError(f'img_size {img_size} is too small: CARE downsamples 32x and needs at least '
                          f'{MIN_INPUT_SIZE} pixels a side')

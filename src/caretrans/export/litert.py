@@ -224,8 +224,9 @@ class LoadedModel:
 
     def __call__(self, x) -> torch.Tensor:
         x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        if tuple(x.shape) != tuple(self.input['shape']):
-            raise ValueError(f'the model takes input of shape {tuple(self.input["shape"])}, got {tuple(x.shape)}')
+        shape = tuple(int(d) for d in self.input['shape'])
+        if tuple(x.shape) != shape:
+            raise ValueError(f'the model takes input of shape {shape}, got {tuple(x.shape)}')
         if self.input['dtype'] != np.float32:
             scale, zero_point = self.input['quantization']
             info = np.iinfo(self.input['dtype'])
