@@ -56,11 +56,13 @@ def build(model, runtime: str, precision: str, x: torch.Tensor, calibration) -> 
         return edge.to_executorch().buffer, dict(segments=report['segments'], outside=report['portable'])
 
 
-def cached_build(cache, name, runtime, precision, model, x, calibration):
+def cached_build(cache, name, runtime, precision, model, x, calibration, cached_only=False):
     """build(), through files in `cache` when given (FILE and FILE.json, the delegation report)."""
     path = cache and Path(cache) / f'{name}.{precision}.{"tflite" if runtime == "litert" else "pte"}'
     if path and path.is_file() and path.with_suffix(path.suffix + '.json').is_file():
         return path.read_bytes(), json.loads(path.with_suffix(path.suffix + '.json').read_text())
+    if cached_only:
+        raise FileNotFoundError(f'not converted yet ({path})')
     buffer, report = build(model, runtime, precision, x, calibration)
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +111,7 @@ def main():
     parser.add_argument('--calib-count', type=int, default=16, help='synthetic calibration images for int8')
     parser.add_argument('--cache', help='folder keeping the converted files between runs')
     parser.add_argument('--build-only', action='store_true', help='convert (into --cache) and stop')
+    parser.add_argument('--cached-only', action='store_true', help='time only what --cache holds')
     parser.add_argument('--json', help='also write the rows here')
     args = parser.parse_args()
     warnings.simplefilter('ignore')
@@ -127,7 +130,7 @@ def main():
                 row = dict(model=name, runtime=runtime, precision=precision, gmacs=gmacs[name])
                 try:
                     buffer, report = cached_build(args.cache, f'{name}.{runtime}', runtime, precision, model, x,
-                                                  calibration)
+                                                  calibration, args.cached_only)
                 except Exception as e:  # a model this runtime or quantiser cannot take: reported, not timed
                     row['error'] = f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
                     print(f'{name} {runtime} {precision}: {row["error"]}', flush=True)
