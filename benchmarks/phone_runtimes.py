@@ -1,18 +1,23 @@
-"""Phone runtimes side by side (docs/performance.md, "Phones: LiteRT and ExecuTorch"): CARE-S0/S1/S2 against
+"""Phone runtimes side by side (docs/performance.md, "Phone runtimes side by side"): CARE-S0/S1/S2 against
 FastViT-T8/T12/SA12, MobileOne-S0 and EfficientFormer-L1 on LiteRT and ExecuTorch, both through XNNPACK,
-float32 and int8, at 1 and 2 threads, all timed interleaved in one process.
+float32 and int8, all timed interleaved in one process, at one thread count per run:
 
-    .venv/bin/python benchmarks/phone_runtimes.py --rounds 40 --iters 3 --cache runs/phone_models \\
-        --json runs/phone_runtimes.json
+    .venv/bin/python benchmarks/phone_runtimes.py --cache runs/phone_models --build-only
+    .venv/bin/python benchmarks/phone_runtimes.py --cache runs/phone_models --threads 1 --rounds 40 --iters 3 \
+        --json runs/phone_1t.json
+    .venv/bin/python benchmarks/phone_runtimes.py --cache runs/phone_models --threads 2 --rounds 40 --iters 3 \
+        --json runs/phone_2t.json
 
 Every model is re-parameterised and converted as `caretrans export --format tflite|executorch` does
 (int8: PT2E, calibrated on --calib-count synthetic images, the classifier head left float), batch 1,
 224x224, random weights (latency does not depend on them). A float entry's logits must match eager
 PyTorch's (max |diff| / max |logit| <= 1e-4) before it is timed; an int8 entry's error to eager is
-reported. Each round takes the thread counts in a fresh random order and, for each (ExecuTorch's
-thread pool reset to it; LiteRT keeps one interpreter per thread count) the runtimes in a fresh random order, and
-runs their entries `--iters` times each in a fresh random order. Ratios are medians over rounds of the per-round ratio, with their
-inter-quartile range. --cache keeps the converted files, so that a second run only times.
+reported. Each round takes the runtimes in a fresh random order (one runtime's thread pool at a time:
+idle workers of the other might still spin) and runs their entries `--iters` times each in a fresh
+random order. Ratios are medians over rounds of the per-round ratio, with their inter-quartile range.
+--cache keeps the converted files (about an hour of conversion on 2 loaded cores), so that a run
+only times. `--threads 1 2` interleaves the thread counts too, resetting ExecuTorch's process-wide
+thread pool between them; such resets deadlocked once here, hence one thread count per run.
 """
 import argparse
 import json
@@ -20,6 +25,7 @@ import platform
 import random
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -79,12 +85,12 @@ def time_rounds(entries, threads, runtimes, rounds: int, iters: int, seed: int =
     rng = random.Random(seed)
     times = {key: [] for key in entries}
     for key, run in entries.items():  # warm-up, at each entry's own thread count
-        mobile.set_threads(key[3])
+        use_threads(key[3])
         for _ in range(3):
             run()
     for _ in range(rounds):
         for t in rng.sample(threads, len(threads)):
-            mobile.set_threads(t)
+            use_threads(t)
             for runtime in rng.sample(runtimes, len(runtimes)):
                 keys = [k for k in entries if k[3] == t and k[1] == runtime]
                 for key in rng.sample(keys, len(keys)):
@@ -93,6 +99,16 @@ def time_rounds(entries, threads, runtimes, rounds: int, iters: int, seed: int =
                         entries[key]()
                     times[key].append((time.perf_counter() - start) / iters * 1e3)
     return times
+
+
+_pool = {}
+
+
+def use_threads(threads: int):
+    """Size ExecuTorch's thread pool, only when it changes: resetting it often has deadlocked."""
+    if _pool.get('threads') != threads:
+        mobile.set_threads(threads)
+        _pool['threads'] = threads
 
 
 def quartiles(values) -> list:
@@ -120,6 +136,7 @@ def main():
     calibration = [torch.from_numpy(c) for c in calibration_images('synthetic', args.calib_count, args.img_size, 3)]
     entries, rows, gmacs = {}, {}, {}
     for name in args.models:
+        torch.manual_seed(zlib.crc32(name.encode()))  # the same weights whatever the model order
         model = create_model(name, fused=True)
         gmacs[name] = count_macs(create_model(name, fused=False), args.img_size) / 1e9
         with torch.no_grad():
@@ -144,9 +161,10 @@ def main():
                 program = mobile.LoadedProgram(buffer) if runtime == 'executorch' else None
                 for t in args.threads:
                     loaded = program or litert.LoadedModel(buffer, t)
-                    mobile.set_threads(t)
+                    use_threads(t)
                     row[f'error_{t}'] = output_error(loaded(x), expected)
-                    if precision == 'int8' or row[f'error_{t}'] <= OUTPUT_RTOL['float32']:
+                    # Cached files hold the weights of the run that converted them: compare, but time anyway.
+                    if precision == 'int8' or args.cached_only or row[f'error_{t}'] <= OUTPUT_RTOL['float32']:
                         entries[(name, runtime, precision, t)] = (lambda run: lambda: run(x))(loaded)
                 rows[(name, runtime, precision)] = row
     if args.build_only:
