@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 pytest.importorskip('litert_torch')
 pytest.importorskip('ai_edge_litert')
