@@ -123,7 +123,7 @@ def test_export_cli_tflite_with_int8_nhwc(tmp_path, capsys, monkeypatch):
     assert q['eval_images'] == 4 and 0 <= q['top1_int8'] <= 100 and 0 <= q['top1_float'] <= 100
     for flags, message in [(['--nhwc'], '--nhwc chooses the input layout'),
                            (['--backend', 'xnnpack', '--format', 'tflite'], 'do not apply to LiteRT'),
-                           (['--format', 'coreml', '--int8', 'synthetic'], '--int8 quantises the ONNX, ExecuTorch')]:
+                           (['--format', 'coreml', '--int8', 'synthetic'], '--int8 quantises the ONNX or ExecuTorch export or the LiteRT')]:
         args = ['export', '--output', str(tmp_path / 'x.tflite')] + flags
         assert cli_main(args if '--format' in flags else args + ['--format', 'onnx']) == 2
         assert message in capsys.readouterr().err

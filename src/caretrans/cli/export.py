@@ -246,8 +246,8 @@ def run(args):
     args.model = (info.model if info else args.model) or 'care_s0'
     check_model_names([args.model])
     if args.int8 and args.format not in ('onnx', 'executorch', 'tflite'):
-        raise ValueError('--int8 quantises the ONNX, ExecuTorch or LiteRT export: use it with --format onnx, '
-                         'executorch or tflite')
+        raise ValueError('--int8 quantises the ONNX or ExecuTorch export or the LiteRT model: use it with --format '
+                         'onnx, executorch or tflite')
     if args.int8 and args.backend == 'coreml':
         raise ValueError('--int8 programs are lowered to XNNPACK: use --backend xnnpack')
     check_at_least(args, calib_count=1, eval_count=0, max_batch=1)
