@@ -25,9 +25,10 @@ $(FASHION_MNIST):
 demo: $(STAMP) $(FASHION_MNIST)
 	$(BIN)/caretrans train --recipe fashion-mnist-quick --threads 2 --output runs/fashion-mnist-$$(date +%Y%m%d-%H%M%S)
 
-# The tests of the native runtimes (ONNX Runtime, OpenVINO, Core ML tools, ExecuTorch) run in a process
-# of their own: their thread pools must not be inherited by the DataLoader workers that other tests fork.
-NATIVE_RUNTIME_TESTS := tests/test_bench.py tests/test_export.py tests/test_quant.py tests/test_mobile.py
+# The tests of the native runtimes (ONNX Runtime, OpenVINO, Core ML tools, ExecuTorch, LiteRT) run in a
+# process of their own: their thread pools must not be inherited by the DataLoader workers that other tests fork.
+NATIVE_RUNTIME_TESTS := tests/test_bench.py tests/test_export.py tests/test_quant.py tests/test_mobile.py \
+	tests/test_litert.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(addprefix --ignore=,$(NATIVE_RUNTIME_TESTS))

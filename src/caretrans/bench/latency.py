@@ -65,8 +65,9 @@ def make_runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, o
                 compile: bool = False, cuda_graphs: bool = False) -> Callable[[], object]:
     """A no-argument callable running `model` once on `x` with `runtime` and `threads` threads and
     returning its logits (ONNX-based runtimes read the model exported to `onnx_path`; ExecuTorch runs it
-    lowered to XNNPACK, on its thread pool, which `benchmark` sizes; 'eager' may be torch.compile'd and
-    replayed from CUDA graphs: caretrans.bench.gpu)."""
+    lowered to XNNPACK, on its thread pool, which `benchmark` sizes; LiteRT runs it converted to .tflite,
+    with the XNNPACK delegate; 'eager' may be torch.compile'd and replayed from CUDA graphs:
+    caretrans.bench.gpu)."""
     if runtime == 'eager' and (compile or cuda_graphs):
         from .gpu import inference_runner
         return inference_runner(model, x, compile, cuda_graphs)
@@ -83,6 +84,13 @@ def make_runner(model: nn.Module, runtime: str, x: torch.Tensor, threads: int, o
         require_executorch()
         program = LoadedProgram(program_buffer(model, x))
         return lambda: program(x)
+    if runtime == 'litert':
+        from ..export.litert import LoadedModel, convert, export_graph, require_litert
+
+        require_litert()
+        with torch.no_grad():
+            loaded = LoadedModel(convert(export_graph(model, x), x), threads)
+        return lambda: loaded(x)
     from ..export.convert import export_onnx, onnx_session
 
     with torch.no_grad():

@@ -6,12 +6,13 @@ import os
 def add_parser(subparsers):
     from ..bench.catalog import CARE_MODELS, DEFAULT_RUNTIMES, PEERS, RUNTIMES
 
-    p = subparsers.add_parser('bench', help='latency side by side (eager, ONNX Runtime, OpenVINO, ExecuTorch), '
-                              'interleaved')
+    p = subparsers.add_parser('bench', help='latency side by side (eager, ONNX Runtime, OpenVINO, ExecuTorch, '
+                              'LiteRT), interleaved')
     p.add_argument('-m', '--model', '--models', dest='models', nargs='+', default=list(CARE_MODELS + PEERS),
                    metavar='MODEL', help="timm model names (default: CARE-S0/S1/S2 and the peers of the paper's Table 1)")
     p.add_argument('--runtimes', nargs='+', default=list(DEFAULT_RUNTIMES), choices=RUNTIMES,
-                   help='default: %(default)s; executorch (XNNPACK, needs caretrans[mobile]) lowers each model first')
+                   help='default: %(default)s; executorch (XNNPACK, needs caretrans[mobile]) lowers each model '
+                   'first, litert (XNNPACK delegate, needs caretrans[litert]) converts each to .tflite first')
     p.add_argument('-b', '--batch-size', type=int, default=1)
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--threads', type=int, default=os.cpu_count(), help='intra-op threads (default: all cores)')

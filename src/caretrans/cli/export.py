@@ -1,5 +1,5 @@
-"""`caretrans export`: re-parameterise, export (ONNX, TorchScript, Core ML, ExecuTorch; int8 ONNX or
-ExecuTorch) and check the artefact against PyTorch."""
+"""`caretrans export`: re-parameterise, export (ONNX, TorchScript, Core ML, ExecuTorch, LiteRT; int8 ONNX,
+ExecuTorch or LiteRT) and check the artefact against PyTorch."""
 import json
 
 
@@ -8,16 +8,21 @@ def add_parser(subparsers):
     p.add_argument('-m', '--model', help='timm model name (default: the one recorded in the checkpoint, else care_s0)')
     p.add_argument('--checkpoint', metavar='RUN_OR_FILE', help='weights (a run folder, ours or released; the model '
                    'card, else the class count and input channels, are read from it)')
-    p.add_argument('--format', required=True, choices=['onnx', 'torchscript', 'coreml', 'executorch'])
+    p.add_argument('--format', required=True, choices=['onnx', 'torchscript', 'coreml', 'executorch', 'tflite'])
     p.add_argument('--output', required=True, metavar='PATH')
     p.add_argument('--img-size', type=int, help="the graph's input size (default: the checkpoint's model card's, "
                    "else 224)")
-    p.add_argument('--dynamic-batch', action='store_true', help='ONNX: a free batch axis (checked at 1 and 8)')
+    p.add_argument('--dynamic-batch', action='store_true', help='ONNX: a free batch axis (checked at 1 and 8); '
+                   'ExecuTorch (XNNPACK): any batch up to --max-batch (checked at 1 and --max-batch)')
+    p.add_argument('--max-batch', type=int, default=8, help='ExecuTorch with --dynamic-batch: the largest batch '
+                   '(default 8; the program plans its memory for it)')
+    p.add_argument('--nhwc', action='store_true', help='LiteRT (tflite): channels-last (N, H, W, C) input, as '
+                   'Android camera pipelines hand it over')
     p.add_argument('--backend', choices=['xnnpack', 'coreml'],
                    help='ExecuTorch: the delegate the program is lowered to (default: xnnpack, the phone CPU)')
     p.add_argument('--fp16', action='store_true',
                    help='Core ML (.mlpackage or --backend coreml): float16 compute precision, as the Neural '
-                   'Engine runs')
+                   'Engine runs; LiteRT (tflite): float16 weights (half the file, float32 arithmetic)')
     p.add_argument('--image-input', action='store_true', help='Core ML .mlpackage: the input is an image (0-255 '
                    'pixels); ExecuTorch: a float tensor of 0-255 pixels; the program scales and normalises it with '
                    '--mean and --std')
@@ -29,8 +34,9 @@ def add_parser(subparsers):
                    help='export the model as trained, without inference fusions')
     p.add_argument('--int8', metavar='DATA', help="ONNX: also write PATH.int8.onnx, quantised with ONNX Runtime "
                    "(static, per-channel); ExecuTorch (XNNPACK): also write PATH.int8.pte, quantised with PT2E and "
-                   "XNNPACK's quantiser (static, per-channel); calibrated on DATA ('fashion-mnist', 'synthetic' or an "
-                   "image folder)")
+                   "XNNPACK's quantiser (static, per-channel); LiteRT: also write PATH.int8.tflite, quantised with "
+                   "PT2E and litert-torch's quantiser (static, per-channel); calibrated on DATA ('fashion-mnist', "
+                   "'synthetic' or an image folder)")
     p.add_argument('--calib-count', type=int, default=256, help='calibration images (default 256)')
     p.add_argument('--crop-pct', type=float,
                    help='with --int8: evaluation transform crop (resize to img_size / crop_pct, centre crop; '
@@ -88,6 +94,10 @@ def _metadata(args, info) -> dict:
 
 
 def _export(args, model, info) -> dict:
+    if args.format == 'tflite':
+        return _export_tflite(args, model, info)
+    if args.nhwc:
+        raise ValueError('--nhwc chooses the input layout of a LiteRT model: use it with --format tflite')
     if args.format != 'executorch':
         from ..export import export_model
 
@@ -98,11 +108,19 @@ def _export(args, model, info) -> dict:
     from ..export.convert import ImageInput
     from ..export.mobile import export_executorch
 
-    if args.dynamic_batch:
-        raise ValueError('--dynamic-batch does not apply to ExecuTorch programs (batch 1)')
     norm = _image_norm(args, model)
     program_model = ImageInput(model, *norm, scale=1 / 255).eval() if norm else model
-    return export_executorch(program_model, args.output, args.backend or 'xnnpack', args.img_size, fp16=args.fp16)
+    return export_executorch(program_model, args.output, args.backend or 'xnnpack', args.img_size, fp16=args.fp16,
+                             max_batch=args.max_batch if args.dynamic_batch else 1)
+
+
+def _export_tflite(args, model, info) -> dict:
+    from ..export.litert import export_tflite
+
+    if args.backend or args.image_input:
+        raise ValueError('--backend and --image-input do not apply to LiteRT models (XNNPACK delegate, tensor input)')
+    return export_tflite(model, args.output, args.img_size, nhwc=args.nhwc, fp16=args.fp16,
+                         metadata=_metadata(args, info))
 
 
 def _int8_onnx(args, model):
@@ -139,7 +157,7 @@ def _int8_executorch(args, model):
     int8_path = Path(args.output).with_suffix('.int8.pte')
     images = calibration_images(args.int8, args.calib_count, args.img_size, model.in_chans, crop_pct=args.crop_pct)
     report = export_executorch(model, int8_path, 'xnnpack', args.img_size,
-                               calibration=(torch.from_numpy(x) for x in images))
+                               calibration=(torch.from_numpy(x) for x in images), progress=args.calib_count)
 
     def runner(path, x):
         program, x = LoadedProgram(Path(path).read_bytes()), torch.from_numpy(x)
@@ -155,6 +173,36 @@ def _int8_executorch(args, model):
                                'lowering_s')})
 
 
+def _int8_litert(args, model):
+    """PATH.int8.tflite (checked against PyTorch's simulation of the int8 model) and, per path, a runner
+    on one image and a top-1 evaluator (both files in the layout of --nhwc)."""
+    from pathlib import Path
+
+    import torch
+
+    from ..export.litert import LoadedModel, export_tflite
+    from ..export.quantize import calibration_images, top1
+
+    int8_path = Path(args.output).with_suffix('.int8.tflite')
+    images = calibration_images(args.int8, args.calib_count, args.img_size, model.in_chans, crop_pct=args.crop_pct)
+    report = export_tflite(model, int8_path, args.img_size, nhwc=args.nhwc, progress=args.calib_count,
+                           calibration=(torch.from_numpy(x) for x in images))
+    layout = (lambda x: x.transpose(0, 2, 3, 1)) if args.nhwc else (lambda x: x)
+
+    def runner(path, x):
+        loaded, x = LoadedModel(Path(path).read_bytes()), layout(x)
+        return lambda: loaded(x)
+
+    def evaluate(path):
+        loaded = LoadedModel(Path(path).read_bytes())
+        return top1(lambda images: loaded(layout(images)).numpy(), args.int8, args.eval_count, args.img_size,
+                    model.in_chans, batch_size=1, crop_pct=args.crop_pct)
+
+    return int8_path, runner, evaluate, dict(runtime='LiteRT (XNNPACK)', **{
+        k: report[k] for k in ('segments', 'delegated', 'outside', 'input_dtype', 'max_abs_diff',
+                               'max_abs_diff_to_float', 'conversion_s')})
+
+
 def _int8(args, model, report):
     """Quantise, time int8 against float (interleaved) and, with --eval-count, compare their top-1."""
     import torch
@@ -164,6 +212,8 @@ def _int8(args, model, report):
 
     if args.format == 'executorch':
         int8_path, runner, evaluate, details = _int8_executorch(args, model)
+    elif args.format == 'tflite':
+        int8_path, runner, evaluate, details = _int8_litert(args, model)
     else:
         int8_path, runner, evaluate, details = _int8_onnx(args, model)
     x = next(dataset_batches(args.int8, 'val', 1, args.img_size, model.in_chans, crop_pct=args.crop_pct))[0]
@@ -203,7 +253,15 @@ def _print(args, report):
     if report['model_card'] is not None:
         print('model card (labels, preprocessing) recorded in the metadata' if report.get('metadata') else
               'no model card recorded: ExecuTorch programs have no metadata (keep the run\'s best.safetensors)')
-    if 'segments' in report:
+    if report['format'] == 'tflite':
+        outside = ', '.join(f'{op} x{n}' for op, n in report['outside'].items()) or 'none'
+        custom = ', '.join(op for op in report['operators'] if op.startswith('custom:'))
+        ops = sum(report['operators'].values())
+        print(f'{report["layout"]} {report["input_dtype"]} input {report["input_shape"]}, {report["precision"]}; '
+              f'{ops} LiteRT operators, {"custom: " + custom if custom else "all builtin"}; '
+              f'XNNPACK delegate in {report["segments"]} segment(s), left to LiteRT\'s kernels: {outside} '
+              f'(converted in {report["conversion_s"]:.0f} s)')
+    elif 'segments' in report:
         portable = ', '.join(f'{op} x{n}' for op, n in report['portable'].items()) or 'none'
         print(f'delegated to {"+".join(report["backends"]) or "no backend"} in {report["segments"]} segment(s): '
               f'{sum(report["delegated"].values())} operators; left to portable kernels: {portable} '
@@ -239,8 +297,9 @@ def run(args):
     args.img_size = args.img_size if args.img_size is not None else card.img_size if card else 224
     args.crop_pct = args.crop_pct if args.crop_pct is not None else card.crop_pct if card else 0.875
     check_model_names([args.model])
-    if args.int8 and args.format not in ('onnx', 'executorch'):
-        raise ValueError('--int8 quantises the ONNX or ExecuTorch export: use it with --format onnx or executorch')
+    if args.int8 and args.format not in ('onnx', 'executorch', 'tflite'):
+        raise ValueError('--int8 quantises the ONNX or ExecuTorch export or the LiteRT model: use it with --format '
+                         'onnx, executorch or tflite')
     if args.int8 and args.backend == 'coreml':
         raise ValueError('--int8 programs are lowered to XNNPACK: use --backend xnnpack')
     if args.image_input and args.format not in ('coreml', 'executorch'):
@@ -248,7 +307,7 @@ def run(args):
     if args.image_input and args.int8:
         raise ValueError('--image-input and --int8 do not go together: the int8 program takes the normalised '
                          'tensor its calibration images are')
-    check_at_least(args, calib_count=1, eval_count=0)
+    check_at_least(args, calib_count=1, eval_count=0, max_batch=1)
     if not 0 < args.crop_pct <= 1:
         raise ValueError(f'--crop-pct {args.crop_pct}: expected a fraction in (0, 1]')
     check_export_request(args.format, args.output, args.img_size, args.dynamic_batch)

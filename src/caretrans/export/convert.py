@@ -213,10 +213,10 @@ _CHECKS = {'onnx': check_onnx, 'torchscript': check_torchscript}
 def check_export_request(fmt: str, output, img_size: int, dynamic_batch: bool = False) -> Path:
     """Raise a ValueError for an export that cannot succeed, before any work: an unknown format, an
     input size CARE cannot take, or an output that is a folder, needs another name or cannot be written."""
-    if fmt not in FORMATS + ('executorch',):  # ExecuTorch programs: export.mobile
-        raise ValueError(f'unknown export format {fmt!r}; choose one of {", ".join(FORMATS)}, executorch')
-    if dynamic_batch and fmt != 'onnx':
-        raise ValueError('--dynamic-batch is supported for ONNX only')
+    if fmt not in FORMATS + ('executorch', 'tflite'):  # ExecuTorch programs: export.mobile; LiteRT: export.litert
+        raise ValueError(f'unknown export format {fmt!r}; choose one of {", ".join(FORMATS)}, executorch, tflite')
+    if dynamic_batch and fmt not in ('onnx', 'executorch'):
+        raise ValueError('--dynamic-batch is supported for ExecuTorch and ONNX only')
     if img_size < MIN_INPUT_SIZE:
         raise ValueError(f'img_size {img_size} is too small: CARE downsamples 32x and needs at least '
                          f'{MIN_INPUT_SIZE} pixels a side')

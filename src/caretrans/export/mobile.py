@@ -1,5 +1,6 @@
 """ExecuTorch programs (.pte) for phones: the model lowered to XNNPACK (CPU) or Core ML, float or int8,
 checked against PyTorch before anything is written."""
+import contextlib
 import itertools
 import operator
 import time
@@ -68,9 +69,19 @@ XNNPACK_DECOMPOSITIONS = {
 }
 
 
-def export_program(model: nn.Module, x: torch.Tensor, backend: str = 'xnnpack'):
-    """torch.export of `model` at x's shape; for XNNPACK with the exact rewrites above."""
-    program = torch.export.export(model, (x,))
+def _batch_axis(x: torch.Tensor, max_batch: int):
+    """(example input, dynamic shapes) for torch.export: x's shape, or with max_batch > 1 its batch free
+    from 1 to max_batch (traced at batch 2: an example batch of 1 would fix it at 1)."""
+    if max_batch <= 1:
+        return x, None
+    return torch.cat([x[:1]] * 2), ({0: torch.export.Dim('batch', min=1, max=max_batch)},)
+
+
+def export_program(model: nn.Module, x: torch.Tensor, backend: str = 'xnnpack', max_batch: int = 1):
+    """torch.export of `model` at x's shape (max_batch > 1: any batch up to it); for XNNPACK with the
+    exact rewrites above."""
+    example, dynamic_shapes = _batch_axis(x, max_batch)
+    program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
     return program.run_decompositions(XNNPACK_DECOMPOSITIONS) if backend == 'xnnpack' else program
 
 
@@ -79,9 +90,10 @@ def _outside_classifier(node) -> bool:
     return not any(path.split('.')[0].startswith('head') for path, _ in node.meta.get('nn_module_stack', {}).values())
 
 
-def quantize_int8(program, calibration: Iterable[torch.Tensor]) -> nn.Module:
+def quantize_int8(program, calibration: Iterable[torch.Tensor], progress=None) -> nn.Module:
     """PT2E static int8 with XNNPACK's quantiser (symmetric, per-channel weights), its activation
-    ranges observed on the `calibration` images; returns PyTorch's simulation of the int8 model.
+    ranges observed on the `calibration` images (`progress`: a bar advanced per image); returns
+    PyTorch's simulation of the int8 model.
 
     The classifier head stays float: its LayerNorm, decomposed, would square and average int8
     activations (on a Fashion-MNIST CARE-S0: top-1 -6.7 points with it quantised, -0.4 without),
@@ -92,15 +104,39 @@ def quantize_int8(program, calibration: Iterable[torch.Tensor]) -> nn.Module:
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     quantizer.set_filter_function(_outside_classifier)
-    prepared = prepare_pt2e(program.module(), quantizer)
+    return convert_pt2e(calibrate(prepare_pt2e(program.module(), quantizer), calibration, progress))
+
+
+def calibrate(prepared: nn.Module, calibration: Iterable[torch.Tensor], progress=None) -> nn.Module:
+    """Run the `calibration` images through a PT2E-prepared model, whose observers record activation ranges."""
     seen = 0
     with torch.no_grad():
         for x in calibration:
             prepared(x)
             seen += 1
+            if progress is not None:
+                progress.update()
     if not seen:
         raise ValueError('int8 calibration needs at least one image')
-    return convert_pt2e(prepared)
+    return prepared
+
+
+def progress_bar(total: int, desc: str):
+    """A tqdm bar on stderr over an int8 export's steps (calibration images, then lowering, serialising
+    and the check: minutes in all)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit='step', dynamic_ncols=True, mininterval=1.0)
+
+
+@contextlib.contextmanager
+def stage(bar, name: str):
+    """One step of a progress bar (or of None): named while it runs, counted when done."""
+    if bar is not None:
+        bar.set_postfix_str(name)
+    yield
+    if bar is not None:
+        bar.update()
 
 
 def _xnnpack_partitioner():
@@ -243,40 +279,54 @@ def check_coreml_delegates(model: nn.Module, edge, x: torch.Tensor, fp16: bool) 
 
 def export_executorch(model: nn.Module, output, backend: str = 'xnnpack', img_size: int = 224,
                       in_chans: Optional[int] = None, fp16: bool = False,
-                      calibration: Optional[Iterable[torch.Tensor]] = None) -> Dict[str, object]:
+                      calibration: Optional[Iterable[torch.Tensor]] = None, max_batch: int = 1,
+                      progress: Optional[int] = None) -> Dict[str, object]:
     """Lower an eval-mode `model` to an ExecuTorch program, check it, and only then write `output`.
 
-    XNNPACK programs run through ExecuTorch's runtime on random inputs (batch 1) and must match
-    PyTorch (with `calibration` images, int8: PyTorch's simulation of the quantised model; the
-    report adds the difference to the float model). Core ML programs are checked structurally
-    (`check_coreml_delegates`). A failed check raises ExportCheckError and writes nothing.
+    XNNPACK programs run through ExecuTorch's runtime on random inputs (batch 1, and max_batch when
+    the batch is free up to it) and must match PyTorch (with `calibration` images, int8: PyTorch's
+    simulation of the quantised model; the report adds the difference to the float model). Core ML
+    programs are checked structurally (`check_coreml_delegates`). `progress`: the number of
+    calibration images, for a progress bar over calibration and lowering. A failed check raises
+    ExportCheckError and writes nothing.
     """
     from ..models.checkpoint import atomic_file
 
     require_executorch()
     if calibration is not None and backend != 'xnnpack':
         raise ValueError('int8 programs are lowered to XNNPACK: use --backend xnnpack')
+    if max_batch < 1:
+        raise ValueError(f'max_batch {max_batch}: expected at least 1')
+    if max_batch > 1 and backend != 'xnnpack':
+        raise ValueError('a free batch is lowered to XNNPACK only: use --backend xnnpack')
     model = model.eval()
     in_chans = in_chans or getattr(model, 'in_chans', 3)
     x = torch.zeros(1, in_chans, img_size, img_size)
+    bar = progress_bar(progress + 3, 'int8 ExecuTorch') if progress is not None else None
     start = time.perf_counter()
     with torch.no_grad():
-        program = export_program(model, x, backend)
+        program = export_program(model, x, backend, max_batch)
         reference = model
         if calibration is not None:
-            reference = quantize_int8(program, calibration)
-            program = torch.export.export(reference, (x,))
-        edge = lower(program, backend, fp16)
-        delegation = delegation_report(edge)  # before to_executorch, which rewrites the graph into out-variants
-        buffer = edge.to_executorch().buffer
+            reference = quantize_int8(program, calibration, bar)
+            example, dynamic_shapes = _batch_axis(x, max_batch)
+            program = torch.export.export(reference, (example,), dynamic_shapes=dynamic_shapes)
+        with stage(bar, 'lowering'):
+            edge = lower(program, backend, fp16)
+            delegation = delegation_report(edge)  # before to_executorch, which rewrites the graph into out-variants
+        with stage(bar, 'serialising'):
+            buffer = edge.to_executorch().buffer
     report = dict(format='executorch', backend=backend, output=str(output), img_size=img_size,
-                  precision='int8' if calibration is not None else 'fp16' if fp16 else 'fp32',
+                  max_batch=max_batch, precision='int8' if calibration is not None else 'fp16' if fp16 else 'fp32',
                   lowering_s=round(time.perf_counter() - start, 1), **delegation)
-    if backend == 'xnnpack':
-        inputs = _inputs([1], in_chans, img_size)
-        report.update(check_xnnpack(model, reference, buffer, inputs, quantized=calibration is not None))
-    else:
-        report.update(max_abs_diff={}, coreml_program=check_coreml_delegates(model, edge, x, fp16))
+    with stage(bar, 'checking'):
+        if backend == 'xnnpack':
+            inputs = _inputs(sorted({1, max_batch}), in_chans, img_size)
+            report.update(check_xnnpack(model, reference, buffer, inputs, quantized=calibration is not None))
+        else:
+            report.update(max_abs_diff={}, coreml_program=check_coreml_delegates(model, edge, x, fp16))
+    if bar is not None:
+        bar.close()
     report['numerically_checked'] = bool(report['max_abs_diff'])
     with atomic_file(output) as tmp:
         Path(tmp).write_bytes(buffer)
