@@ -192,3 +192,16 @@ def test_bench_executorch_entry_is_checked_and_timed():
     eager, executorch = rows
     assert executorch['runtime'] == 'executorch' and executorch['outputs_match']
     assert executorch['output_error'] < 1e-4 and executorch['rounds'] == 2 and executorch['median_ms'] > 0
+
+
+@pytest.mark.parametrize('fmt', ['executorch', 'coreml'])
+def test_exports_print_their_report_and_not_the_libraries_log_lines(tmp_path, capfd, monkeypatch, fmt):
+    # ExecuTorch's runtime logs its CPU probe from C++, Core ML tools its passes' progress bars and import
+    # notices: none of it reaches the command's output (CARETRANS_VERBOSE=1 would show it).
+    monkeypatch.setattr('caretrans.cli.export._build', lambda args, info: _tiny(depths=(1, 1), dims=(24, 48),
+                        expansions=((2, 2), (2, 4)), early='attention', head_dims=(8, 16)))
+    out = tmp_path / ('m.pte' if fmt == 'executorch' else 'm.mlpackage')
+    assert cli_main(['export', '--format', fmt, '--img-size', '32', '--output', str(out)]) == 0
+    captured = capfd.readouterr()
+    assert captured.err == '', captured.err
+    assert captured.out.startswith(f'wrote {out}') and 'checked' in captured.out

@@ -123,7 +123,7 @@ def _export_tflite(args, model, info) -> dict:
                          metadata=_metadata(args, info))
 
 
-def _int8_onnx(args, model):
+def _int8_onnx(args, model, card):
     """PATH.int8.onnx and, per path, a runner on one image and a top-1 evaluator."""
     from pathlib import Path
 
@@ -132,19 +132,20 @@ def _int8_onnx(args, model):
 
     output = Path(args.output)
     int8_path = quantize_onnx(output, output.with_suffix('.int8.onnx'), args.int8, args.calib_count,
-                              args.img_size, model.in_chans, crop_pct=args.crop_pct)
+                              args.img_size, model.in_chans, crop_pct=args.crop_pct, card=card, progress=True)
 
     def runner(path, x):
         session = onnx_session(path)
         return lambda: session.run(None, {session.get_inputs()[0].name: x})
 
     def evaluate(path):
-        return onnx_top1(path, args.int8, args.eval_count, args.img_size, model.in_chans, crop_pct=args.crop_pct)
+        return onnx_top1(path, args.int8, args.eval_count, args.img_size, model.in_chans, crop_pct=args.crop_pct,
+                         card=card, progress=f'top-1 of {Path(path).name}')
 
     return int8_path, runner, evaluate, dict(runtime='ONNX Runtime')
 
 
-def _int8_executorch(args, model):
+def _int8_executorch(args, model, card):
     """PATH.int8.pte (checked against PyTorch's simulation of the int8 model) and, per path, a runner
     on one image and a top-1 evaluator."""
     from pathlib import Path
@@ -155,7 +156,8 @@ def _int8_executorch(args, model):
     from ..export.quantize import calibration_images, top1
 
     int8_path = Path(args.output).with_suffix('.int8.pte')
-    images = calibration_images(args.int8, args.calib_count, args.img_size, model.in_chans, crop_pct=args.crop_pct)
+    images = calibration_images(args.int8, args.calib_count, args.img_size, model.in_chans, crop_pct=args.crop_pct,
+                                card=card)
     report = export_executorch(model, int8_path, 'xnnpack', args.img_size,
                                calibration=(torch.from_numpy(x) for x in images), progress=args.calib_count)
 
@@ -166,14 +168,15 @@ def _int8_executorch(args, model):
     def evaluate(path):
         program = LoadedProgram(Path(path).read_bytes())
         return top1(lambda images: program(torch.from_numpy(images)).numpy(), args.int8, args.eval_count,
-                    args.img_size, model.in_chans, batch_size=1, crop_pct=args.crop_pct)
+                    args.img_size, model.in_chans, batch_size=1, crop_pct=args.crop_pct, card=card,
+                    progress=f'top-1 of {Path(path).name}')
 
     return int8_path, runner, evaluate, dict(runtime='ExecuTorch (XNNPACK)', **{
         k: report[k] for k in ('segments', 'delegated', 'portable', 'max_abs_diff', 'max_abs_diff_to_float',
                                'lowering_s')})
 
 
-def _int8_litert(args, model):
+def _int8_litert(args, model, card):
     """PATH.int8.tflite (checked against PyTorch's simulation of the int8 model) and, per path, a runner
     on one image and a top-1 evaluator (both files in the layout of --nhwc)."""
     from pathlib import Path
@@ -184,7 +187,8 @@ def _int8_litert(args, model):
     from ..export.quantize import calibration_images, top1
 
     int8_path = Path(args.output).with_suffix('.int8.tflite')
-    images = calibration_images(args.int8, args.calib_count, args.img_size, model.in_chans, crop_pct=args.crop_pct)
+    images = calibration_images(args.int8, args.calib_count, args.img_size, model.in_chans, crop_pct=args.crop_pct,
+                                card=card)
     report = export_tflite(model, int8_path, args.img_size, nhwc=args.nhwc, progress=args.calib_count,
                            calibration=(torch.from_numpy(x) for x in images))
     layout = (lambda x: x.transpose(0, 2, 3, 1)) if args.nhwc else (lambda x: x)
@@ -196,14 +200,15 @@ def _int8_litert(args, model):
     def evaluate(path):
         loaded = LoadedModel(Path(path).read_bytes())
         return top1(lambda images: loaded(layout(images)).numpy(), args.int8, args.eval_count, args.img_size,
-                    model.in_chans, batch_size=1, crop_pct=args.crop_pct)
+                    model.in_chans, batch_size=1, crop_pct=args.crop_pct, card=card,
+                    progress=f'top-1 of {Path(path).name}')
 
     return int8_path, runner, evaluate, dict(runtime='LiteRT (XNNPACK)', **{
         k: report[k] for k in ('segments', 'delegated', 'outside', 'input_dtype', 'max_abs_diff',
                                'max_abs_diff_to_float', 'conversion_s')})
 
 
-def _int8(args, model, report):
+def _int8(args, model, report, card):
     """Quantise, time int8 against float (interleaved) and, with --eval-count, compare their top-1."""
     import torch
 
@@ -211,12 +216,13 @@ def _int8(args, model, report):
     from ..export.quantize import dataset_batches
 
     if args.format == 'executorch':
-        int8_path, runner, evaluate, details = _int8_executorch(args, model)
+        int8_path, runner, evaluate, details = _int8_executorch(args, model, card)
     elif args.format == 'tflite':
-        int8_path, runner, evaluate, details = _int8_litert(args, model)
+        int8_path, runner, evaluate, details = _int8_litert(args, model, card)
     else:
-        int8_path, runner, evaluate, details = _int8_onnx(args, model)
-    x = next(dataset_batches(args.int8, 'val', 1, args.img_size, model.in_chans, crop_pct=args.crop_pct))[0]
+        int8_path, runner, evaluate, details = _int8_onnx(args, model, card)
+    x = next(dataset_batches(args.int8, 'val', 1, args.img_size, model.in_chans, crop_pct=args.crop_pct,
+                             card=card))[0]
     paths = (args.output, str(int8_path))
     times = time_interleaved({p: runner(p, x) for p in paths}, rounds=20)
     ratio = float(torch.tensor(times[paths[1]]).div(torch.tensor(times[paths[0]])).median())
@@ -284,6 +290,7 @@ def _print(args, report):
 
 def run(args):
     from ..export.convert import check_export_request
+    from ..export.quiet import quiet_libraries
     from ..models.checkpoint_info import run_weights
     from ..models import describe
     from .common import check_at_least, check_model_names
@@ -312,11 +319,12 @@ def run(args):
         raise ValueError(f'--crop-pct {args.crop_pct}: expected a fraction in (0, 1]')
     check_export_request(args.format, args.output, args.img_size, args.dynamic_batch)
     model = _build(args, info)
-    report = _export(args, model, info)
+    with quiet_libraries():  # the converters' and runtimes' own log lines (CARETRANS_VERBOSE=1 shows them)
+        report = _export(args, model, info)
+        if args.int8:
+            _int8(args, model, report, card)
     report.update(model=args.model, checkpoint=args.checkpoint, reparameterized=args.reparameterize,
                   input=_input_line(args, model), model_card=card.to_dict() if card else None)
-    if args.int8:
-        _int8(args, model, report)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from .convert import ATOL, FP16_TOL, RTOL, ExportCheckError, _check_close, _inputs
-from .mobile import INT8_TOL, _split_as_slices, calibrate, progress_bar, stage
+from .mobile import INT8_TOL, _split_as_slices, calibrate
+from .quiet import progress_bar, stage
 
 aten = torch.ops.aten
 

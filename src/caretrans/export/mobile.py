@@ -1,6 +1,5 @@
 """ExecuTorch programs (.pte) for phones: the model lowered to XNNPACK (CPU) or Core ML, float or int8,
 checked against PyTorch before anything is written."""
-import contextlib
 import itertools
 import operator
 import time
@@ -12,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from .convert import ATOL, RTOL, ExportCheckError, _check_close, _inputs, check_coreml_spec
+from .quiet import progress_bar, stage
 
 BACKENDS = ('xnnpack', 'coreml')
 # An int8 program must match PyTorch's simulation of it to this fraction of the largest |logit|. XNNPACK's
@@ -119,24 +119,6 @@ def calibrate(prepared: nn.Module, calibration: Iterable[torch.Tensor], progress
     if not seen:
         raise ValueError('int8 calibration needs at least one image')
     return prepared
-
-
-def progress_bar(total: int, desc: str):
-    """A tqdm bar on stderr over an int8 export's steps (calibration images, then lowering, serialising
-    and the check: minutes in all)."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit='step', dynamic_ncols=True, mininterval=1.0)
-
-
-@contextlib.contextmanager
-def stage(bar, name: str):
-    """One step of a progress bar (or of None): named while it runs, counted when done."""
-    if bar is not None:
-        bar.set_postfix_str(name)
-    yield
-    if bar is not None:
-        bar.update()
 
 
 def _xnnpack_partitioner():
