@@ -58,13 +58,15 @@ def _cuda_available() -> bool:
 
 def run(args):
     from ..bench.latency import OUTPUT_RTOL, benchmark, is_care_model, plot, throughput
+    from ..export.quiet import quiet_libraries
     from .common import check_model_names
 
     check_model_names(args.models)
     _check(args)
-    rows = benchmark(args.models, args.runtimes, args.batch_size, args.img_size, args.threads, args.rounds,
-                     args.iters, device=args.device, dtype=args.dtype, channels_last=args.channels_last,
-                     compile=args.compile, cuda_graphs=args.cuda_graphs)
+    with quiet_libraries():  # the runtimes' own log lines (CARETRANS_VERBOSE=1 shows them)
+        rows = benchmark(args.models, args.runtimes, args.batch_size, args.img_size, args.threads, args.rounds,
+                         args.iters, device=args.device, dtype=args.dtype, channels_last=args.channels_last,
+                         compile=args.compile, cuda_graphs=args.cuda_graphs)
     result = dict(rows=rows)
     if args.throughput:
         result['throughput'] = [throughput(m, args.throughput_batch, args.img_size)
