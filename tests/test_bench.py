@@ -74,3 +74,20 @@ def test_bench_cli_errors(capsys):
     assert "unknown model 'care_s9'" in capsys.readouterr().err
     assert cli_main(['bench', '--models', 'care_s0', '--img-size', '16']) == 2
     assert 'too small' in capsys.readouterr().err
+
+
+def test_bench_times_models_at_a_checkpoints_recorded_input(tmp_path, capsys):
+    import timm
+
+    from caretrans.models import ModelCard
+    from caretrans.models.checkpoint import save_weights
+
+    card = ModelCard.for_classifier('care_s0', ('a', 'b', 'c'), 48, 1, (0.3,), (0.35,), 1.0)
+    save_weights(timm.create_model('care_s0', **card.model_kwargs()), tmp_path / 'best.safetensors', card=card)
+    assert cli_main(['bench', '-m', 'care_s0', 'resnet18', '--runtimes', 'eager', 'onnxruntime', '--rounds', '2',
+                     '--threads', '1', '--checkpoint', str(tmp_path), '--json']) == 0
+    rows = json.loads(capsys.readouterr().out)['rows']
+    assert {(r['img_size'], r['in_chans'], r['num_classes']) for r in rows} == {(48, 1, 3)}
+    assert all(r['outputs_match'] for r in rows) and rows[0]['top1'] is None  # not the paper's ImageNet figure
+    assert cli_main(['bench', '-m', 'care_s0', '--checkpoint', str(tmp_path / 'none')]) == 2
+    assert 'does not exist' in capsys.readouterr().err

@@ -21,8 +21,9 @@ def prepare(model: nn.Module, device, dtype: torch.dtype = torch.float32, channe
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def example_input(batch_size: int, img_size: int, device, dtype=torch.float32, channels_last=False) -> torch.Tensor:
-    x = torch.randn(batch_size, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+def example_input(batch_size: int, img_size: int, device, dtype=torch.float32, channels_last=False,
+                  in_chans: int = 3) -> torch.Tensor:
+    x = torch.randn(batch_size, in_chans, img_size, img_size, generator=torch.Generator().manual_seed(0))
     x = x.to(device=device, dtype=dtype)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 

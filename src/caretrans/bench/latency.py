@@ -53,11 +53,11 @@ class Entry:
         return self.output_error <= self.tolerance
 
 
-def create_model(name: str, fused: bool, num_classes: int = 1000) -> nn.Module:
+def create_model(name: str, fused: bool, num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
     """An eval-mode timm model; fused: CARE's or timm's inference re-parameterisation."""
     from ..models import reparameterize
 
-    model = timm.create_model(name, num_classes=num_classes).eval()
+    model = timm.create_model(name, num_classes=num_classes, in_chans=in_chans).eval()
     return reparameterize(model) if fused else model
 
 
@@ -167,7 +167,7 @@ def summarise(entries: Sequence[Entry]) -> List[dict]:
 def benchmark(models: Sequence[str], runtimes: Sequence[str], batch_size: int = 1, img_size: int = 224,
               threads: int = 2, rounds: int = 20, iters: int = 1, num_classes: int = 1000, device: str = 'cpu',
               dtype: str = 'float32', channels_last: bool = False, compile: bool = False,
-              cuda_graphs: bool = False) -> List[dict]:
+              cuda_graphs: bool = False, in_chans: int = 3) -> List[dict]:
     """Latency rows for every model (CARE: un-fused and fused; peers: re-parameterised) on every runtime
     (the PyTorch one on `device` in `dtype`, optionally channels-last, compiled, from CUDA graphs).
     Each entry's logits are checked against eager's first; one that differs is reported
@@ -182,17 +182,18 @@ def benchmark(models: Sequence[str], runtimes: Sequence[str], batch_size: int = 
         require_executorch()
         set_threads(threads)
     device = torch.device(device)
-    x = example_input(batch_size, img_size, device, DTYPES[dtype], channels_last)
+    x = example_input(batch_size, img_size, device, DTYPES[dtype], channels_last, in_chans)
     entries, runners, stats = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter('ignore')
         for name in models:
             variants = ('unfused', 'fused') if is_care_model(name) else ('reparam',)
             for variant in variants:
-                model = create_model(name, variant != 'unfused', num_classes)
+                model = create_model(name, variant != 'unfused', num_classes, in_chans)
                 if name not in stats:  # CARE's figures as published: the un-fused model
                     stats[name] = dict(params_m=count_params(model) / 1e6,
-                                       gmacs=count_macs(model, img_size) / 1e9, top1=PAPER_TOP1.get(name))
+                                       gmacs=count_macs(model, img_size, in_chans) / 1e9,
+                                       top1=PAPER_TOP1.get(name) if num_classes == 1000 else None)
                 if device.type != 'cpu' or dtype != 'float32' or channels_last:
                     model = prepare(model, device, DTYPES[dtype], channels_last)
                 with torch.inference_mode():
@@ -210,7 +211,8 @@ def benchmark(models: Sequence[str], runtimes: Sequence[str], batch_size: int = 
             entries[key].times_ms = times
     rows = summarise(entries)
     for row in rows:
-        row.update(stats[row['model']], batch_size=batch_size, img_size=img_size, threads=threads, device=device.type,
+        row.update(stats[row['model']], batch_size=batch_size, img_size=img_size, in_chans=in_chans,
+                   num_classes=num_classes, threads=threads, device=device.type,
                    dtype=dtype, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs)
     return rows
 

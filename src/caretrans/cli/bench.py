@@ -14,7 +14,9 @@ def add_parser(subparsers):
                    help='default: %(default)s; executorch (XNNPACK, needs caretrans[mobile]) lowers each model '
                    'first, litert (XNNPACK delegate, needs caretrans[litert]) converts each to .tflite first')
     p.add_argument('-b', '--batch-size', type=int, default=1)
-    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--checkpoint', metavar='RUN_OR_FILE', help="time the models at the input a trained model takes: "
+                   "its model card's input size (--img-size's default), channels and class count")
+    p.add_argument('--img-size', type=int, help="default: the --checkpoint's recorded size, else 224")
     p.add_argument('--threads', type=int, default=os.cpu_count(), help='intra-op threads (default: all cores)')
     p.add_argument('--rounds', type=int, default=20, help='interleaved rounds; each times every entry once')
     p.add_argument('--iters', type=int, default=1, help='calls per entry per round (averaged)')
@@ -33,6 +35,20 @@ def add_parser(subparsers):
                    help='the runtime whose latencies the figure shows (default: onnxruntime if timed, else the first)')
     p.add_argument('--json', action='store_true', help='print JSON instead of a table')
     p.set_defaults(func=run)
+
+
+def _input_of(args):
+    """(img_size, in_chans, num_classes) the models are timed at: the --checkpoint's card's, else ImageNet's."""
+    card = None
+    if args.checkpoint:
+        from ..models import describe
+        from ..models.checkpoint_info import run_weights
+
+        card = describe(run_weights(args.checkpoint)).card
+        if card is None:
+            raise ValueError(f'--checkpoint {args.checkpoint} records no model card (input size and channels)')
+    img_size = args.img_size if args.img_size is not None else card.img_size if card else 224
+    return img_size, card.in_chans if card else 3, card.num_classes if card else 1000
 
 
 def _check(args):
@@ -62,11 +78,13 @@ def run(args):
     from .common import check_model_names
 
     check_model_names(args.models)
+    args.img_size, in_chans, num_classes = _input_of(args)
     _check(args)
     with quiet_libraries():  # the runtimes' own log lines (CARETRANS_VERBOSE=1 shows them)
         rows = benchmark(args.models, args.runtimes, args.batch_size, args.img_size, args.threads, args.rounds,
-                         args.iters, device=args.device, dtype=args.dtype, channels_last=args.channels_last,
-                         compile=args.compile, cuda_graphs=args.cuda_graphs)
+                         args.iters, num_classes=num_classes, device=args.device, dtype=args.dtype,
+                         channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs,
+                         in_chans=in_chans)
     result = dict(rows=rows)
     if args.throughput:
         result['throughput'] = [throughput(m, args.throughput_batch, args.img_size)
@@ -81,7 +99,8 @@ def run(args):
         return 0
     torch_setting = ', '.join([args.device, args.dtype] + [flag for flag, on in (
         ('channels-last', args.channels_last), ('compiled', args.compile), ('CUDA graphs', args.cuda_graphs)) if on])
-    print(f'batch {args.batch_size}, {args.img_size}x{args.img_size}, {args.threads} thread(s), PyTorch runtime: '
+    print(f'batch {args.batch_size}, {in_chans}x{args.img_size}x{args.img_size}, {args.threads} thread(s), '
+          f'{num_classes} classes, PyTorch runtime: '
           f'{torch_setting}; {args.rounds} interleaved rounds; ratio = median over rounds of latency / fused '
           f'care_s0 latency; outputs checked against eager first (error = max |diff| / max |logit|, at most '
           f'{OUTPUT_RTOL[args.dtype]:g})')
