@@ -1,4 +1,4 @@
-"""Does an ONNX Runtime-friendly layout of the fused CARE graph pay off? (issue 4, docs/performance.md)
+"""Does an ONNX Runtime-friendly layout of the fused CARE graph pay off? (docs/performance.md)
 
 ONNX Runtime's CPU provider runs convs in a blocked layout (NCHWc, 16 channels per block on
 AVX-512) and has to reorder to plain NCHW around every op it cannot run blocked: the channel
@@ -154,8 +154,10 @@ class StreamModel(nn.Module):
             previous = (list(range(g)) + [mw + j for j in range(3 * g)], mw + fw)
 
     def forward(self, x):
-        for i, (entry, blocks) in enumerate(zip(self.entries, self.stages)):
-            x = x if i == 0 else torch.cat([m, f], dim=1)
+        m = f = None
+        for entry, blocks in zip(self.entries, self.stages):
+            if m is not None:  # a later stage starts from both streams of the one before
+                x = torch.cat([m, f], dim=1)
             m, f = entry[0](x), entry[1](x)
             for block in blocks:
                 m, f = block(m, f)

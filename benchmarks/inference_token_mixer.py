@@ -1,4 +1,4 @@
-"""Does merging the conv stages' token-mixer convs pay off in ONNX Runtime? (issue 4, docs/performance.md)
+"""Does merging the conv stages' token-mixer convs pay off in ONNX Runtime? (docs/performance.md)
 
 Times one CARE block's token mixer + Inter1 at the sizes of CARE-S0's stages 1 and 2, written
 several ways that compute the same function, interleaved round by round in one process:

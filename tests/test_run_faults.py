@@ -154,9 +154,21 @@ def test_bytes_changed_in_place_are_found_on_load_and_resume(tmp_path, capsys):
 
 # Signals --------------------------------------------------------------------------------------------------------
 
-def _start_in_own_group(args, cwd=None):
-    return subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS='1'))
+def _start_in_own_group(args, cwd=None, entry='caretrans'):
+    return subprocess.Popen([sys.executable, '-m', entry, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
+def _wait_until_it_catches(proc, signum, timeout=240):
+    """Wait until the process `proc` has a handler for `signum` (Linux's /proc/PID/status, SigCgt)."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        status = Path(f'/proc/{proc.pid}/status').read_text()
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith('SigCgt:')), 16)
+        if caught >> (signum - 1) & 1:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f'the process never caught {signal.Signals(signum).name}: {proc.communicate()}')
 
 
 @pytest.mark.xdist_group('processes')
@@ -184,8 +196,10 @@ def test_ctrl_c_to_validate_ends_it_quietly(tmp_path):
     model = timm.create_model('care_s0', num_classes=10)
     save_weights(model, tmp_path / 'w.safetensors', model_name='care_s0')
     proc = _start_in_own_group(['validate', '--checkpoint', str(tmp_path / 'w.safetensors'), '--data', 'synthetic',
-                                '-b', '1', '-j', '2', '--img-size', '224'])
-    time.sleep(8)  # importing torch and timm, then evaluating image by image
+                                '-b', '1', '-j', '2', '--img-size', '224'], entry='caretrans_command')
+    # Not a fixed sleep: on a loaded machine importing torch alone can outlast it. The command catches SIGTERM
+    # only once its handlers are in place (Python itself catches SIGINT from the start).
+    _wait_until_it_catches(proc, signal.SIGTERM)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
