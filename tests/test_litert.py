@@ -108,6 +108,7 @@ def test_export_cli_tflite_with_int8_nhwc(tmp_path, capsys, monkeypatch):
     report = json.loads(captured.out)
     assert 'int8 LiteRT' in captured.err  # the progress bar over calibration and conversion
     assert report['layout'] == 'NHWC' and report['segments'] == 1 and report['outside'] == {}
+    assert report['input'].startswith('input (1, 32, 32, 3), NHWC: float pixels')  # the layout the file takes
     q = report['int8']
     assert q['output'] == str(tmp_path / 'm.int8.tflite') and (tmp_path / 'm.int8.tflite').is_file()
     assert q['runtime'] == 'LiteRT (XNNPACK)' and q['input_dtype'] == 'int8'

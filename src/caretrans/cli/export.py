@@ -235,7 +235,8 @@ def _int8(args, model, report, card):
 def _input_line(args, model) -> str:
     """What the exported graph takes."""
     batch = 'N' if args.dynamic_batch else '1'
-    shape = f'({batch}, {model.in_chans}, {args.img_size}, {args.img_size})'
+    size, chans = args.img_size, model.in_chans
+    shape = f'({batch}, {size}, {size}, {chans}), NHWC' if args.nhwc else f'({batch}, {chans}, {size}, {size})'
     if args.image_input:
         mean, std = _image_norm(args, model)
         kind = ('a float tensor of' if args.format == 'executorch' else
