@@ -37,6 +37,8 @@ def load_care_before(root: Path, commit: str):
 def train_step_runner(module, args, state_dict):
     model = module.CareTransformer(**care.MODEL_ARGS['care_s0'], in_chans=args.in_chans).train()
     model.load_state_dict(state_dict)
+    if hasattr(model, 'set_distilled_training'):  # later models give the two heads apart only when asked
+        model.set_distilled_training(True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, args.in_chans, args.img_size, args.img_size, generator=g)
