@@ -29,8 +29,8 @@ TINY = dict(data='synthetic', img_size=32, batch_size=16, workers=0, epochs=2, w
             drop_path=0.0, scale=(0.5, 1.0), aa=None, color_jitter=0.0, reprob=0.0, mixup=0.0, cutmix=0.0)
 
 
-def _cli(*args) -> list:
-    return [sys.executable, '-m', 'caretrans', *args]
+def _cli(*args, entry='caretrans') -> list:
+    return [sys.executable, '-m', entry, *args]
 
 
 # The run folder ---------------------------------------------------------------------------------------------
@@ -155,8 +155,8 @@ def test_bytes_changed_in_place_are_found_on_load_and_resume(tmp_path, capsys):
 # Signals --------------------------------------------------------------------------------------------------------
 
 def _start_in_own_group(args, cwd=None, entry='caretrans'):
-    return subprocess.Popen([sys.executable, '-m', entry, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    return subprocess.Popen(_cli(*args, entry=entry), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS='1'))
 
 
 def _wait_until_it_catches(proc, signum, timeout=240):
